@@ -1,0 +1,35 @@
+# The two commands of the README:
+#   make demo   set up, generate the sample set, preprocess -> train -> inference -> evaluation (prints the F1)
+#   make test   set up and run the test suite
+# Both create .venv from requirements.txt on first use (torch from PyPI: a few minutes, ~6 GB).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data
+DEMO_RUN ?= model/demo
+DEMO_TRAINING ?= --model resnet18 --head multi --resize 128 96 --epochs 8 --batch_size 32 --lr 3e-3 --scheduler onecycle
+
+.PHONY: demo test setup clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+demo: setup
+	$(BIN)/python generate_sample.py --out $(DATA) --people 100 --eval_people 30 --overwrite
+	SM_CHANNEL_TRAIN=$(DATA)/train/images $(BIN)/python preprocess.py
+	rm -rf $(DEMO_RUN)
+	SM_CHANNEL_TRAIN=$(DATA)/train/images SM_MODEL_DIR=$(dir $(DEMO_RUN)) \
+		$(BIN)/python train.py --name $(notdir $(DEMO_RUN)) $(DEMO_TRAINING)
+	SM_CHANNEL_EVAL=$(DATA)/eval SM_CHANNEL_MODEL=$(DEMO_RUN) SM_OUTPUT_DATA_DIR=output $(BIN)/python inference.py
+	SM_GROUND_TRUTH_DIR=$(DATA)/gt SM_OUTPUT_DATA_DIR=output $(BIN)/python evaluation.py
+
+test: setup
+	$(BIN)/python -m pytest tests -q
+
+clean:
+	rm -rf $(DATA) model output

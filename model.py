@@ -1,0 +1,165 @@
+"""Backbones and heads: any timm, efficientnet-pytorch or torchvision model with an 18-class head.
+
+`--model` is resolved in this order: `efficientnet-b0`..`efficientnet-b8` and `efficientnet-l2` come from
+efficientnet-pytorch; a `timm:` or `torchvision:` prefix picks the library; otherwise timm's name wins
+(`resnet18`, `efficientnet_b4`, `convnext_tiny`, ...) and torchvision's list is tried next.
+`--head single` is one linear layer over the classes; `--head multi` is three heads (mask 3, gender 2,
+age 3) whose softmaxes multiply into the 18 class probabilities.
+"""
+import re
+
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from efficientnet_pytorch import EfficientNet
+from torch import nn
+from tqdm import tqdm
+
+from cli import UserError
+from dataset import NUM_CLASSES, TASK_CLASSES, compose_probabilities, split_tasks
+from fileio import load_checkpoint
+
+HEADS = ("single", "multi")
+EFFICIENTNET_PYTORCH = re.compile(r"^efficientnet-(b[0-8]|l2)$")
+
+
+def output_size(head, task):
+    """Number of logits: 18 classes, the 3 + 2 + 3 of the multi head, or one task's classes."""
+    if task != "all":
+        if head != "single":
+            raise UserError(f"--task {task} trains one task and needs --head single")
+        return TASK_CLASSES[task]
+    return NUM_CLASSES if head == "single" else sum(TASK_CLASSES.values())
+
+
+def resolve_library(name):
+    """(library, model name) for a --model value."""
+    if EFFICIENTNET_PYTORCH.match(name):
+        return "efficientnet_pytorch", name
+    library, _, bare = name.partition(":")
+    if bare and library in ("timm", "torchvision"):
+        return library, bare
+    if timm.is_model(name):
+        return "timm", name
+    if name in torchvision.models.list_models():
+        return "torchvision", name
+    raise UserError(f"unknown model {name!r}: use a timm name (timm.list_models()), a torchvision name "
+                    "or efficientnet-b0..b7")
+
+
+def build_classifier_network(library, name, pretrained):
+    """The library's network with its own ImageNet classifier, downloading weights if asked."""
+    if library == "efficientnet_pytorch":
+        return EfficientNet.from_pretrained(name) if pretrained else EfficientNet.from_name(name)
+    if library == "timm":
+        return timm.create_model(name, pretrained=pretrained)
+    return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+
+
+def load_pretrained_file(network, path):
+    """Loads a local weights file into the network, ignoring tensors whose shape differs (the classifier)."""
+    state = load_checkpoint(path)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    own = network.state_dict()
+    matching = {key: value for key, value in state.items() if key in own and own[key].shape == value.shape}
+    if len(matching) < len(own) // 2:
+        raise UserError(f"{path} does not hold weights of this model: only {len(matching)} of "
+                        f"{len(own)} tensors match")
+    network.load_state_dict(matching, strict=False)
+
+
+def remove_classifier(network, library):
+    """Turns the network into a feature extractor; returns the feature size."""
+    if library == "timm":
+        network.reset_classifier(0)
+        return network.num_features
+    last = None
+    for module_name, module in network.named_modules():
+        if isinstance(module, nn.Linear):
+            last = module_name
+    if last is None:
+        raise UserError("this model has no linear classifier to replace")
+    *path, attribute = last.split(".")
+    parent = network.get_submodule(".".join(path)) if path else network
+    features = getattr(parent, attribute).in_features
+    setattr(parent, attribute, nn.Identity())
+    return features
+
+
+def create_backbone(name, pretrained=False, pretrained_path=None):
+    """(feature extractor, feature size) for a --model name."""
+    library, bare_name = resolve_library(name)
+    try:
+        network = build_classifier_network(library, bare_name, pretrained and not pretrained_path)
+    except Exception as error:  # noqa: BLE001 -- hubs fail offline with many exception types
+        if not pretrained:
+            raise
+        raise UserError(f"cannot download pretrained weights for {name} ({type(error).__name__}); "
+                        "offline? pass a local weights file with --pretrained_path FILE") from None
+    if pretrained_path:
+        load_pretrained_file(network, pretrained_path)
+    return network, remove_classifier(network, library)
+
+
+class MaskClassifier(nn.Module):
+    """A backbone's pooled features followed by one linear layer of `output_size(head, task)` logits."""
+
+    def __init__(self, name, head="single", task="all", pretrained=False, pretrained_path=None):
+        super().__init__()
+        self.head_type = head
+        self.backbone, features = create_backbone(name, pretrained, pretrained_path)
+        self.head = nn.Linear(features, output_size(head, task))
+
+    def forward(self, images):
+        return self.head(self.backbone(images))
+
+
+def logits_to_probabilities(logits, head):
+    """Class probabilities: a softmax, or for the multi head the product of the three task softmaxes."""
+    if head == "multi":
+        return compose_probabilities(*(F.softmax(part, dim=1) for part in split_tasks(logits)))
+    return F.softmax(logits, dim=1)
+
+
+def create_model(config, initial_weights=True):
+    """The model a run's config (train.py's resolved arguments) describes.
+
+    `initial_weights=False` skips the pretrained download or file: for loading a trained checkpoint.
+    """
+    return MaskClassifier(config["model"], config["head"], config.get("task", "all"),
+                          initial_weights and config.get("pretrained", False),
+                          config.get("pretrained_path") if initial_weights else None)
+
+
+def load_weights(model, state_dict, source):
+    """Loads a checkpoint's weights, naming the first mismatch in one line instead of a traceback."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in own]
+    if missing or unexpected:
+        raise UserError(f"{source} is for another architecture: {len(missing)} tensors missing "
+                        f"(first {missing[:1]}), {len(unexpected)} unexpected (first {unexpected[:1]})")
+    for key, tensor in own.items():
+        if state_dict[key].shape != tensor.shape:
+            raise UserError(f"{source} does not fit this model: {key} is {tuple(state_dict[key].shape)} "
+                            f"there but {tuple(tensor.shape)} here (another head or class count?)")
+    model.load_state_dict(state_dict)
+
+
+@torch.no_grad()
+def predict(model, loader, head, device, criterion=None):
+    """Class probabilities (N, C) of every image in loader order; with a criterion (and a loader that
+    yields targets) also the mean loss."""
+    model.eval()
+    probabilities, total_loss, seen = [], 0.0, 0
+    for batch in tqdm(loader, desc="predict", unit="batch", leave=False):
+        images = (batch[0] if criterion is not None else batch).to(device, non_blocking=True)
+        logits = model(images)
+        if criterion is not None:
+            total_loss += criterion(logits, batch[1].to(device)).item() * len(images)
+            seen += len(images)
+        probabilities.append(logits_to_probabilities(logits, head).float().cpu())
+    return torch.cat(probabilities), total_loss / max(seen, 1)

@@ -1,0 +1,176 @@
+"""Scans the training photos and writes a leakage-safe folds CSV: one row per image, folds by person.
+
+    export SM_CHANNEL_TRAIN=data/train/images
+    python preprocess.py                          # writes data/train/folds.csv
+    python preprocess.py --kfold 5 --seed 42 --skip_bad --output data/train/folds.csv
+
+Every person folder must be named `{id}_{gender}_{race}_{age}` and hold the seven photos
+mask1..mask5, incorrect_mask and normal (.jpg/.jpeg/.png). Hidden files (`._mask1.jpg`, `.DS_Store`) are
+ignored. Anything else -- a malformed name, a stray file, a photo that does not decode, a missing photo,
+a duplicate person id -- is listed in one message and stops the run, or with `--skip_bad` is skipped and
+counted. Folds come from scikit-learn's StratifiedGroupKFold: grouped by person (no person on both sides
+of a split) and stratified on the person's gender x age class.
+"""
+import warnings
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from sklearn.model_selection import StratifiedGroupKFold
+from tqdm import tqdm
+
+import cli
+from dataset import (GENDER_BY_NAME, IMAGE_EXTENSIONS, MASK_BY_STEM, age_band, encode_label,
+                     parse_person_folder)
+from fileio import write_csv
+
+TRAIN_CSV_COLUMNS = ("id", "gender", "race", "age", "path")
+SHOWN_PROBLEMS = 10  # problems listed in full; the rest are counted
+
+
+def get_args_parser():
+    parser = cli.new_parser("Write the folds CSV (one row per image, folds by person).")
+    data = parser.add_argument_group("data")
+    cli.add_flag(data, "data_dir", default=cli.env_default("SM_CHANNEL_TRAIN", "data/train/images"),
+                 help="folder of person folders (env SM_CHANNEL_TRAIN)")
+    cli.add_flag(data, "output", default=None, help="folds CSV to write (default: folds.csv beside data_dir)")
+    cli.add_flag(data, "skip_bad", action="store_true",
+                 help="skip malformed folders, stray files and undecodable photos instead of stopping")
+    split = parser.add_argument_group("split")
+    cli.add_flag(split, "kfold", type=int, default=5, help="number of folds")
+    cli.add_flag(split, "seed", type=int, default=42, help="seed of the fold assignment")
+    return parser
+
+
+def is_hidden(path):
+    return path.name.startswith(".")
+
+
+def photo_decodes(path):
+    """True when the whole photo decodes; draft mode decodes JPEGs at 1/8 scale, reading every byte."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (image.width // 8, image.height // 8))
+            image.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def scan_person(folder):
+    """Rows for one person folder and the problems found in it."""
+    try:
+        person = parse_person_folder(folder.name)
+    except ValueError as error:
+        return [], [f"{folder.name}: {error}"]
+    rows, problems, seen_stems = [], [], set()
+    for photo in sorted(p for p in folder.iterdir() if not is_hidden(p)):
+        stem, extension = photo.stem, photo.suffix.lower()
+        if stem not in MASK_BY_STEM or extension not in IMAGE_EXTENSIONS or not photo.is_file():
+            problems.append(f"{folder.name}/{photo.name}: not one of the seven photos "
+                            f"({', '.join(MASK_BY_STEM)} as {'/'.join(IMAGE_EXTENSIONS)})")
+        elif stem in seen_stems:
+            problems.append(f"{folder.name}/{photo.name}: a second {stem} photo")
+        else:
+            seen_stems.add(stem)
+            rows.append({"path": f"{folder.name}/{photo.name}", **person, "mask_label": int(MASK_BY_STEM[stem])})
+    missing = [stem for stem in MASK_BY_STEM if stem not in seen_stems]
+    if missing:
+        problems.append(f"{folder.name}: missing {', '.join(missing)}")
+    return rows, problems
+
+
+def check_train_csv(data_dir, folders):
+    """Problems between train.csv (beside data_dir) and the person folders on disk."""
+    csv_path = data_dir.parent / "train.csv"
+    if not csv_path.is_file():
+        raise cli.UserError(f"{csv_path} is missing: the competition ships it beside images/")
+    try:
+        people = pd.read_csv(csv_path, dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise cli.UserError(f"{csv_path} is not a readable CSV: {str(error).splitlines()[0]}") from None
+    missing_columns = [column for column in TRAIN_CSV_COLUMNS if column not in people.columns]
+    if missing_columns:
+        raise cli.UserError(f"{csv_path} lacks the column(s) {', '.join(missing_columns)}")
+    on_disk = {folder.name for folder in folders}
+    return [f"train.csv: person {path} has no folder" for path in people["path"] if path not in on_disk]
+
+
+def scan(data_dir):
+    """All image rows under data_dir and every problem found, in a stable order."""
+    if not data_dir.is_dir():
+        raise cli.UserError(f"{data_dir} is not a folder: pass --data_dir or set SM_CHANNEL_TRAIN")
+    entries = sorted(entry for entry in data_dir.iterdir() if not is_hidden(entry))
+    folders = [entry for entry in entries if entry.is_dir()]
+    problems = [f"{entry.name}: a file where person folders are expected" for entry in entries if not entry.is_dir()]
+    problems += check_train_csv(data_dir, folders)
+    rows, folder_of_id = [], {}
+    for folder in tqdm(folders, desc="scan", unit="person"):
+        person_rows, person_problems = scan_person(folder)
+        problems += person_problems
+        if person_rows:
+            person_id = person_rows[0]["id"]
+            if person_id in folder_of_id:
+                problems.append(f"{folder.name}: person id {person_id} also used by {folder_of_id[person_id]}")
+                continue
+            folder_of_id[person_id] = folder.name
+        for row in person_rows:
+            if photo_decodes(data_dir / row["path"]):
+                rows.append(row)
+            else:
+                problems.append(f"{row['path']}: the photo does not decode (corrupt or truncated)")
+    return rows, problems
+
+
+def report_problems(problems, data_dir, skip_bad):
+    if not problems:
+        return
+    shown = "; ".join(problems[:SHOWN_PROBLEMS])
+    more = f" (and {len(problems) - SHOWN_PROBLEMS} more)" if len(problems) > SHOWN_PROBLEMS else ""
+    if not skip_bad:
+        raise cli.UserError(f"{len(problems)} problem(s) in {data_dir}: {shown}{more}; "
+                            "fix them or pass --skip_bad to skip them")
+    print(f"skipped {len(problems)} problem(s): {shown}{more}")
+
+
+def label_rows(rows):
+    frame = pd.DataFrame(rows)
+    frame["gender_label"] = frame["gender"].map(lambda name: int(GENDER_BY_NAME[name]))
+    frame["age_label"] = age_band(frame["age"].to_numpy()).astype(int)
+    frame["label"] = encode_label(frame["mask_label"], frame["gender_label"], frame["age_label"])
+    return frame
+
+
+def assign_folds(frame, kfold, seed):
+    """Fold of each row: grouped by person, stratified on the person's gender x age class."""
+    people = frame["id"].nunique()
+    if people < kfold:
+        raise cli.UserError(f"{people} people cannot fill {kfold} folds: add data or lower --kfold")
+    person_class = frame["gender_label"] * 3 + frame["age_label"]
+    splitter = StratifiedGroupKFold(n_splits=kfold, shuffle=True, random_state=seed)
+    frame["fold"] = -1
+    with warnings.catch_warnings():
+        # Small data sets have classes rarer than kfold; the split is still by person, only less even.
+        warnings.filterwarnings("ignore", message="The least populated class")
+        for fold, (_, held_out) in enumerate(splitter.split(frame, person_class, groups=frame["id"])):
+            frame.loc[frame.index[held_out], "fold"] = fold
+    return frame
+
+
+def main():
+    args = get_args_parser().parse_args()
+    data_dir = Path(args.data_dir)
+    output = Path(args.output) if args.output else data_dir.parent / "folds.csv"
+    rows, problems = scan(data_dir)
+    report_problems(problems, data_dir, args.skip_bad)
+    if not rows:
+        raise cli.UserError(f"no usable photos under {data_dir}")
+    frame = assign_folds(label_rows(rows), args.kfold, args.seed)
+    write_csv(frame, output)
+    sizes = frame.groupby("fold")["id"].nunique().tolist()
+    print(f"wrote {output}: {len(frame)} images of {frame['id'].nunique()} people, "
+          f"people per fold {sizes}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

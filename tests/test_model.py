@@ -1,0 +1,63 @@
+import os
+
+import pytest
+import torch
+
+from cli import UserError
+from conftest import assert_one_line_error, run_script
+from dataset import NUM_CLASSES, decode_label
+from model import MaskClassifier, create_backbone, logits_to_probabilities, resolve_library
+
+IMAGES = torch.randn(2, 3, 64, 48)
+
+
+@pytest.mark.parametrize("head, task, outputs", [
+    ("single", "all", 18), ("multi", "all", 8), ("single", "mask", 3), ("single", "gender", 2), ("single", "age", 3),
+])
+def test_head_output_sizes(head, task, outputs):
+    model = MaskClassifier("test_resnet", head, task).eval()
+    assert model(IMAGES).shape == (2, outputs)
+
+
+def test_multi_head_decodes_to_18_class_probabilities():
+    logits = torch.tensor([[5.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 5.0]])  # wear, female, 60+
+    probabilities = logits_to_probabilities(logits, "multi")
+    assert probabilities.shape == (1, NUM_CLASSES)
+    assert probabilities.sum().item() == pytest.approx(1.0)
+    assert [int(part) for part in decode_label(probabilities.argmax(dim=1))] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name, library", [
+    ("resnet18", "timm"), ("efficientnet-b0", "efficientnet_pytorch"), ("mobilenet_v3_small", "torchvision"),
+    ("torchvision:resnet18", "torchvision"),
+])
+def test_model_names_resolve_to_their_library(name, library):
+    assert resolve_library(name)[0] == library
+
+
+@pytest.mark.parametrize("name", ["efficientnet-b0", "torchvision:mobilenet_v3_small"])
+def test_every_library_builds_an_18_class_model(name):
+    model = MaskClassifier(name).eval()
+    assert model(IMAGES).shape == (2, NUM_CLASSES)
+
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(UserError, match="unknown model"):
+        resolve_library("no_such_net")
+
+
+def test_pretrained_path_loads_local_weights(tmp_path):
+    import timm
+    reference = timm.create_model("test_resnet")
+    torch.save(reference.state_dict(), tmp_path / "weights.pth")
+    backbone, _ = create_backbone("test_resnet", pretrained_path=tmp_path / "weights.pth")
+    first = next(iter(reference.state_dict()))
+    assert torch.equal(backbone.state_dict()[first], reference.state_dict()[first])
+
+
+def test_pretrained_offline_fails_with_a_one_line_hint(sample_data, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "empty_cache"),
+           "HF_HOME": str(tmp_path / "empty_hf")}
+    result = run_script("train.py", "--data_dir", sample_data / "train/images", "--model_dir", tmp_path,
+                        "--model", "resnet18", "--pretrained", "--epochs", "1", env=env)
+    assert_one_line_error(result, "--pretrained_path")
