@@ -1,11 +1,18 @@
-"""Image transforms, chosen by name with `--augmentation`.
+"""Image transforms, chosen by name with `--augmentation`, and the batch mixing of `--mixup` / `--cutmix`.
 
 Every transform takes a PIL photo and returns a normalised float tensor of shape (3, H, W).
 `BaseAugmentation` (resize + normalise) is the evaluation transform: train-time validation and
 inference both use it with the run's saved `--resize`, so the two can never disagree.
+`BatchMixer` mixes a whole training batch after the transforms and turns its labels into soft targets.
 """
+import math
+
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
+
+from cli import UserError
 
 # Channel statistics of the competition's training photos.
 MEAN = (0.548, 0.504, 0.479)
@@ -26,15 +33,20 @@ class BaseAugmentation:
         return self.transform(image)
 
 
+def face_keeping_crop_and_flip(resize):
+    """A mild random crop that keeps the face (and the aspect ratio, within 10%) and a mirror flip."""
+    height, width = resize
+    aspect = width / height
+    return [v2.RandomResizedCrop(resize, scale=(0.75, 1.0), ratio=(aspect * 0.9, aspect * 1.1), antialias=True),
+            v2.RandomHorizontalFlip()]
+
+
 class CustomAugmentation:
     """Training preset: a mild random crop that keeps the face, a mirror flip and colour jitter."""
 
     def __init__(self, resize, mean=MEAN, std=STD):
-        height, width = resize
-        aspect = width / height
         self.transform = v2.Compose([
-            v2.RandomResizedCrop(resize, scale=(0.75, 1.0), ratio=(aspect * 0.9, aspect * 1.1), antialias=True),
-            v2.RandomHorizontalFlip(),
+            *face_keeping_crop_and_flip(resize),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03),
             *to_normalized_tensor(mean, std),
         ])
@@ -43,9 +55,81 @@ class CustomAugmentation:
         return self.transform(image)
 
 
-AUGMENTATIONS = {cls.__name__: cls for cls in (BaseAugmentation, CustomAugmentation)}
+class StrongAugmentation:
+    """Strong training preset: the crop and flip, then TrivialAugmentWide (one random operation per photo --
+    colour, contrast, sharpness, posterise, rotation, shear... -- at a random strength)."""
+
+    def __init__(self, resize, mean=MEAN, std=STD):
+        self.transform = v2.Compose([
+            *face_keeping_crop_and_flip(resize),
+            v2.TrivialAugmentWide(),
+            *to_normalized_tensor(mean, std),
+        ])
+
+    def __call__(self, image):
+        return self.transform(image)
+
+
+AUGMENTATIONS = {cls.__name__: cls for cls in (BaseAugmentation, CustomAugmentation, StrongAugmentation)}
+CUTMIX_MODES = ("box", "vertical")
 
 
 def create_transform(name, resize):
     """The named transform (one of AUGMENTATIONS) at `resize` = (height, width)."""
     return AUGMENTATIONS[name](tuple(resize))
+
+
+class BatchMixer:
+    """Mixup and cutmix of training batches, with soft targets mixed in the ratio of the areas.
+
+    Each batch is cutmixed with probability `cutmix`, otherwise mixed up with probability `mixup`, otherwise
+    returned as it is (integer targets). Every image is paired with a partner from the same batch (a random
+    permutation). Mixup blends the two photos with a weight drawn from Beta(alpha, alpha). Cutmix pastes part
+    of the partner: in `box` mode a random box covering 1 - Beta(alpha, alpha) of the photo (standard CutMix);
+    in `vertical` mode the right part, from a column drawn uniformly in `cutmix_ratio` of the width, so that
+    each person keeps half a face (mask, gender and age stay visible on both sides). Targets become
+    `kept * one_hot(own) + (1 - kept) * one_hot(partner)`, kept being the fraction of the photo still its own.
+    """
+
+    def __init__(self, num_classes, mixup=0.0, cutmix=0.0, alpha=1.0, cutmix_mode="box", cutmix_ratio=(0.46, 0.54),
+                 rng=None):
+        if not (0 <= mixup <= 1 and 0 <= cutmix <= 1 and mixup + cutmix <= 1):
+            raise UserError(f"--mixup {mixup} and --cutmix {cutmix} are probabilities per batch: each in 0-1, "
+                            "summing to at most 1")
+        low, high = cutmix_ratio
+        if not 0 < low <= high < 1:
+            raise UserError(f"--cutmix_ratio {low} {high} must satisfy 0 < low <= high < 1")
+        if alpha <= 0:
+            raise UserError(f"--mix_alpha {alpha} must be positive")
+        self.num_classes, self.mixup, self.cutmix, self.alpha = num_classes, mixup, cutmix, alpha
+        self.cutmix_mode, self.cutmix_ratio = cutmix_mode, (low, high)
+        self.rng = np.random.default_rng() if rng is None else rng
+
+    def __call__(self, images, targets):
+        """(images, targets): integer targets (N,) in, soft targets (N, num_classes) out when the batch was mixed."""
+        draw = self.rng.random()
+        if draw >= self.cutmix + self.mixup:
+            return images, targets
+        partner = torch.as_tensor(self.rng.permutation(len(images)), device=images.device)
+        if draw < self.cutmix:
+            images, kept = self.cut(images, partner)
+        else:
+            kept = float(self.rng.beta(self.alpha, self.alpha))
+            images = kept * images + (1 - kept) * images[partner]
+        one_hot = F.one_hot(targets, self.num_classes).to(images.dtype)
+        return images, kept * one_hot + (1 - kept) * one_hot[partner]
+
+    def cut(self, images, partner):
+        """The images with a region taken from their partners, and the fraction of each image left its own."""
+        height, width = images.shape[-2:]
+        if self.cutmix_mode == "vertical":
+            top, bottom, right = 0, height, width
+            left = round(self.rng.uniform(*self.cutmix_ratio) * width)
+        else:
+            side = math.sqrt(1 - self.rng.beta(self.alpha, self.alpha))
+            centre_y, centre_x = self.rng.integers(height), self.rng.integers(width)
+            top, bottom = max(centre_y - round(side * height / 2), 0), min(centre_y + round(side * height / 2), height)
+            left, right = max(centre_x - round(side * width / 2), 0), min(centre_x + round(side * width / 2), width)
+        mixed = images.clone()
+        mixed[..., top:bottom, left:right] = images[partner, ..., top:bottom, left:right]
+        return mixed, 1 - (bottom - top) * (right - left) / (height * width)

@@ -9,9 +9,12 @@ from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from cli import UserError
 
 
 class MaskLabel(IntEnum):
@@ -44,6 +47,7 @@ GENDER_BY_NAME = {"male": GenderLabel.MALE, "female": GenderLabel.FEMALE}
 PERSON_FOLDER = re.compile(r"^(?P<id>\d+)_(?P<gender>[^_]+)_(?P<race>[^_]+)_(?P<age>[^_]+)$")
 MIN_AGE, MAX_AGE = 1, 120  # anything outside is a typo in the folder name, not a person
 OLD_AGE = 60               # the competition's 60+ boundary
+FOLDS_COLUMNS = ("path", "id", "age", "mask_label", "gender_label", "label", "fold")  # what preprocess.py writes
 
 
 def age_band(age, old_age=OLD_AGE):
@@ -102,6 +106,43 @@ def training_targets(frame, task="all", old_age=OLD_AGE):
     age = age_band(frame["age"].to_numpy(), old_age)
     targets = {"all": encode_label(mask, gender, age), "mask": mask, "gender": gender, "age": age}[task]
     return targets.astype(np.int64)
+
+
+def num_target_classes(task="all"):
+    """Number of target classes: the 18 classes, or one task's classes."""
+    return NUM_CLASSES if task == "all" else TASK_CLASSES[task]
+
+
+def inverse_frequency(labels, num_classes):
+    """Per-class weights proportional to 1 / count, with mean 1 over the classes present; absent classes weigh 0."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(float)
+    weights = np.divide(1.0, counts, out=np.zeros(num_classes), where=counts > 0)
+    return weights / weights[counts > 0].mean()
+
+
+def parse_age_range(text):
+    """(low, high) of an inclusive age range "A-B" or a single age "A"; ValueError when it is neither."""
+    bounds = text.split("-")
+    if len(bounds) > 2 or not all(bound.isdigit() for bound in bounds) or int(bounds[0]) > int(bounds[-1]):
+        raise ValueError(f"age range {text!r} is not A-B (A <= B) or a single age A")
+    return int(bounds[0]), int(bounds[-1])
+
+
+def load_folds(csv_path, data_dir, fold):
+    """The folds CSV, checked against data_dir and the requested fold."""
+    if not csv_path.is_file():
+        raise UserError(f"{csv_path} does not exist: run preprocess.py first or pass --csv")
+    frame = pd.read_csv(csv_path, dtype={"id": str})
+    missing = [column for column in FOLDS_COLUMNS if column not in frame.columns]
+    if missing:
+        raise UserError(f"{csv_path} is not a folds CSV (no {', '.join(missing)}): run preprocess.py")
+    absent = [path for path in frame["path"] if not (data_dir / path).is_file()]
+    if absent:
+        raise UserError(f"{len(absent)} of {len(frame)} images in {csv_path} are not under {data_dir} "
+                            f"(first: {absent[0]}): rerun preprocess.py for this data directory")
+    if fold != "all" and fold not in set(frame["fold"]):
+        raise UserError(f"fold {fold} is not in {csv_path} (folds {sorted(set(frame['fold']))})")
+    return frame
 
 
 def read_image(path):

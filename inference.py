@@ -3,11 +3,16 @@
     export SM_CHANNEL_EVAL=data/eval SM_CHANNEL_MODEL=model/exp SM_OUTPUT_DATA_DIR=output
     python inference.py                                  # output/output.csv + output/probabilities.csv
     python inference.py --model_dir model/exp model/exp2 --batch_size 128
+    python inference.py --fold 0          # the run's held-out fold of data/train/folds.csv: prints its macro F1
 
 Each run is rebuilt from its own config.json (model, head, resize), so nothing from training has to be
 repeated. Several runs, or a parent folder of runs, are averaged (soft vote). output.csv is info.csv with
 `ans` filled, in info.csv's row order. probabilities.csv is the common currency of TTA and ensembles:
 `ImageID` followed by one column per class, `prob_0` ... `prob_17`, each row summing to 1.
+With `--fold K` the eval set is fold K of the folds CSV (ImageID = the photo's path under `--train_dir`):
+the same files are written and the macro F1 on that fold is printed, so TTA views and ensemble weights
+are chosen on validation rather than on the leaderboard. inference_tta.py and ensemble.py share these
+flags and functions.
 """
 import json
 import os
@@ -20,20 +25,19 @@ from torch.utils.data import DataLoader
 
 import cli
 from augmentation import create_transform
-from dataset import ImageDataset
+from dataset import ImageDataset, load_folds, training_targets
+from evaluation import score
 from fileio import load_checkpoint, write_csv
 from model import create_model, load_weights, predict
 
 PROBABILITY_PREFIX = "prob_"
 
 
-def get_args_parser():
-    parser = cli.new_parser("Predict the eval set and write output.csv and probabilities.csv.")
+def add_common_flags(parser):
+    """The flags every inference variant shares; returns the paths group for the variant's model inputs."""
     paths = parser.add_argument_group("paths")
     cli.add_flag(paths, "data_dir", default=cli.env_default("SM_CHANNEL_EVAL", "data/eval"),
                  help="eval folder holding info.csv and images/ (env SM_CHANNEL_EVAL)")
-    cli.add_flag(paths, "model_dir", nargs="+", default=[cli.env_default("SM_CHANNEL_MODEL", "model/exp")],
-                 help="run directories, or parents of run directories, to average (env SM_CHANNEL_MODEL)")
     cli.add_flag(paths, "output_dir", default=cli.env_default("SM_OUTPUT_DATA_DIR", "output"),
                  help="where output.csv and probabilities.csv go (env SM_OUTPUT_DATA_DIR)")
     cli.add_flag(paths, "checkpoint", default="best", choices=("best", "last"), help="which checkpoint of each run")
@@ -42,6 +46,20 @@ def get_args_parser():
     cli.add_flag(runtime, "workers", type=int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
                  help="loader worker processes")
     cli.add_flag(runtime, "device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    held_out = parser.add_argument_group("held-out check (instead of the eval set)")
+    cli.add_flag(held_out, "fold", type=int, default=None,
+                 help="predict this validation fold of the folds CSV and print its macro F1")
+    cli.add_flag(held_out, "train_dir", default=cli.env_default("SM_CHANNEL_TRAIN", "data/train/images"),
+                 help="folder of person folders (env SM_CHANNEL_TRAIN)")
+    cli.add_flag(held_out, "csv", default=None, help="folds CSV (default: folds.csv beside train_dir)")
+    return paths
+
+
+def get_args_parser(description="Predict the eval set and write output.csv and probabilities.csv."):
+    parser = cli.new_parser(description)
+    paths = add_common_flags(parser)
+    cli.add_flag(paths, "model_dir", nargs="+", default=[cli.env_default("SM_CHANNEL_MODEL", "model/exp")],
+                 help="run directories, or parents of run directories, to average (env SM_CHANNEL_MODEL)")
     return parser
 
 
@@ -58,37 +76,112 @@ def find_runs(paths):
     return runs
 
 
-def load_run(run_dir, device, checkpoint="best"):
-    """(model, config) of a trained run, from its config.json and checkpoint."""
+def load_run(run_dir, device, checkpoint="best", task="all", fold=None):
+    """(model, config) of a trained run, from its config.json and checkpoint.
+
+    Refuses a run trained for another task than `task`, and, when scoring fold `fold`, a run that trained on it.
+    """
     config = json.loads((run_dir / "config.json").read_text())
-    if config.get("task", "all") != "all":
-        raise cli.UserError(f"{run_dir} predicts the {config['task']} task alone: compose mask, gender "
-                            "and age runs into 18 classes with ensemble.py")
+    run_task = config.get("task", "all")
+    if run_task != task and task == "all":
+        raise cli.UserError(f"{run_dir} predicts the {run_task} task alone: compose mask, gender and age runs "
+                            "into 18 classes with ensemble.py --mask RUN --gender RUN --age RUN")
+    if run_task != task:
+        raise cli.UserError(f"{run_dir} was trained with --task {run_task}, not --task {task}: pass it "
+                            + ("as an input to vote" if run_task == "all" else f"as --{run_task}"))
+    if fold is not None and config.get("fold") != fold:
+        raise cli.UserError(f"{run_dir} held out fold {config.get('fold')}, not {fold}: it trained on fold {fold}, "
+                            f"so pass --fold {config.get('fold')} or a run that held out fold {fold}")
     model = create_model(config, initial_weights=False)
     path = run_dir / f"{checkpoint}.pth"
     load_weights(model, load_checkpoint(path)["model"], path)
     return model.to(device), config
 
 
-def read_eval_set(eval_dir):
-    """info.csv of the eval folder, checked: the columns are there and every image exists."""
-    info_path, image_dir = Path(eval_dir) / "info.csv", Path(eval_dir) / "images"
+def read_info(eval_dir):
+    """info.csv of the eval folder, checked for its ImageID column."""
+    info_path = Path(eval_dir) / "info.csv"
     if not info_path.is_file():
         raise cli.UserError(f"{info_path} does not exist: pass --data_dir or set SM_CHANNEL_EVAL")
     info = pd.read_csv(info_path, dtype={"ImageID": str})
     if "ImageID" not in info.columns:
         raise cli.UserError(f"{info_path} lacks the ImageID column")
+    return info
+
+
+def read_eval_set(eval_dir):
+    """info.csv of the eval folder and its image paths, checked: every image exists."""
+    info, info_path, image_dir = read_info(eval_dir), Path(eval_dir) / "info.csv", Path(eval_dir) / "images"
     absent = [image_id for image_id in info["ImageID"] if not (image_dir / image_id).is_file()]
     if absent:
         raise cli.UserError(f"{len(absent)} images named in {info_path} are not in {image_dir} (first: {absent[0]})")
     return info, [image_dir / image_id for image_id in info["ImageID"]]
 
 
+def read_held_out_fold(train_dir, csv, fold):
+    """(info, paths, labels) of a validation fold as an eval set: ImageID is the photo's path under train_dir,
+    labels are the true 18-class labels."""
+
+    train_dir = Path(train_dir)
+    frame = load_folds(Path(csv) if csv else train_dir.parent / "folds.csv", train_dir, fold)
+    held_out = frame[frame["fold"] == fold]
+    info = pd.DataFrame({"ImageID": held_out["path"].to_numpy(), "ans": 0})
+    return info, [train_dir / path for path in held_out["path"]], training_targets(held_out)
+
+
+def read_images(args):
+    """(info, paths, labels): the eval set with labels None, or with --fold the held-out fold and its labels."""
+    if args.fold is None:
+        return *read_eval_set(args.data_dir), None
+    return read_held_out_fold(args.train_dir, args.csv, args.fold)
+
+
+def make_loader(dataset, batch_size, workers, device):
+    return DataLoader(dataset, batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
+
+
 def predict_run(model, config, paths, batch_size, workers, device):
     """Class probabilities of the photos at `paths`, seen through the run's evaluation transform."""
     dataset = ImageDataset(paths, transform=create_transform("BaseAugmentation", config["resize"]))
-    loader = DataLoader(dataset, batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
-    return predict(model, loader, config["head"], device)[0]
+    return predict(model, make_loader(dataset, batch_size, workers, device), config["head"], device)[0]
+
+
+def predict_runs(run_dirs, paths, args, device, task="all", predict_one=predict_run):
+    """Mean class probabilities of the runs (a soft vote) over the photos at `paths`; `predict_one` takes
+    predict_run's arguments (inference_tta.py passes its views)."""
+    total = 0
+    for run_dir in run_dirs:
+        model, config = load_run(run_dir, device, args.checkpoint, task, args.fold)
+        total = total + predict_one(model, config, paths, args.batch_size, args.workers, device)
+    return total / len(run_dirs)
+
+
+def read_probabilities(path):
+    """(ImageIDs, (N, K) float tensor) of a probabilities.csv, checked: ImageID and prob_0..prob_{K-1} columns,
+    unique ids, each row a distribution."""
+    path = Path(path)
+    if not path.is_file():
+        raise cli.UserError(f"{path} does not exist: pass a probabilities.csv written by inference.py, "
+                            "inference_tta.py or ensemble.py")
+    try:
+        frame = pd.read_csv(path, dtype={"ImageID": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise cli.UserError(f"{path} is not a readable CSV: {str(error).splitlines()[0]}") from None
+    classes = [column for column in frame.columns if column.startswith(PROBABILITY_PREFIX)]
+    expected = [f"{PROBABILITY_PREFIX}{k}" for k in range(len(classes))]
+    if "ImageID" not in frame.columns or not classes or set(classes) != set(expected) or frame.empty:
+        raise cli.UserError(f"{path} is not a probabilities file: it needs rows and the columns ImageID, "
+                            f"{PROBABILITY_PREFIX}0, {PROBABILITY_PREFIX}1, ...")
+    duplicated = frame["ImageID"][frame["ImageID"].duplicated()]
+    if len(duplicated):
+        raise cli.UserError(f"{path} lists {duplicated.iloc[0]} more than once")
+    values = frame[expected].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values).all(axis=1) | (values < 0).any(axis=1) | (np.abs(values.sum(axis=1) - 1) > 1e-3)
+    if bad.any():
+        row = int(bad.argmax())
+        raise cli.UserError(f"{path}: the row of {frame['ImageID'].iloc[row]} is not a distribution (numbers "
+                            "from 0 to 1 summing to 1): write probabilities, not logits")
+    return frame["ImageID"].tolist(), torch.tensor(values, dtype=torch.float32)
 
 
 def write_probabilities(image_ids, probabilities, path):
@@ -98,24 +191,30 @@ def write_probabilities(image_ids, probabilities, path):
     write_csv(frame, path)
 
 
-def write_submission(info, probabilities, output_dir):
-    """output.csv (info.csv with ans = the most probable class) and probabilities.csv."""
-    submission = info.assign(ans=np.asarray(probabilities).argmax(axis=1))
+def write_submission(info, probabilities, output_dir, answers=None):
+    """output.csv (info.csv with ans = `answers`, by default the most probable class) and probabilities.csv;
+    returns the answers."""
+    answers = np.asarray(probabilities).argmax(axis=1) if answers is None else np.asarray(answers)
     write_probabilities(info["ImageID"], probabilities, Path(output_dir) / "probabilities.csv")
-    write_csv(submission, Path(output_dir) / "output.csv")
-    print(f"wrote {Path(output_dir) / 'output.csv'} ({len(submission)} rows) and probabilities.csv")
+    write_csv(info.assign(ans=answers), Path(output_dir) / "output.csv")
+    print(f"wrote {Path(output_dir) / 'output.csv'} ({len(info)} rows) and probabilities.csv")
+    return answers
+
+
+def print_held_out_score(fold, labels, answers):
+    """The macro F1 (and accuracy, per-task F1) of the answers on a held-out fold."""
+    metrics = score(labels, answers)
+    print(f"fold {fold} ({len(labels)} images): " + " ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
 
 
 def main():
     args = get_args_parser().parse_args()
     device = torch.device(args.device)
-    info, paths = read_eval_set(args.data_dir)
-    runs = find_runs(args.model_dir)
-    probabilities = 0
-    for run_dir in runs:
-        model, config = load_run(run_dir, device, args.checkpoint)
-        probabilities = probabilities + predict_run(model, config, paths, args.batch_size, args.workers, device)
-    write_submission(info, probabilities / len(runs), args.output_dir)
+    info, paths, labels = read_images(args)
+    probabilities = predict_runs(find_runs(args.model_dir), paths, args, device)
+    answers = write_submission(info, probabilities, args.output_dir)
+    if labels is not None:
+        print_held_out_score(args.fold, labels, answers)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,12 @@ class MaskClassifier(nn.Module):
         return self.head(self.backbone(images))
 
 
+def freeze_backbone(model, frozen=True):
+    """Freezes the backbone (no gradients, batch-norm statistics kept) so that only the head trains, or unfreezes it."""
+    model.backbone.requires_grad_(not frozen)
+    model.backbone.train(model.training and not frozen)
+
+
 def logits_to_probabilities(logits, head):
     """Class probabilities: a softmax, or for the multi head the product of the three task softmaxes."""
     if head == "multi":

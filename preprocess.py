@@ -3,6 +3,7 @@
     export SM_CHANNEL_TRAIN=data/train/images
     python preprocess.py                          # writes data/train/folds.csv
     python preprocess.py --kfold 5 --seed 42 --skip_bad --output data/train/folds.csv
+    python preprocess.py --corrections corrections.csv    # fixes known label errors before the split
 
 Every person folder must be named `{id}_{gender}_{race}_{age}` and hold the seven photos
 mask1..mask5, incorrect_mask and normal (.jpg/.jpeg/.png). Hidden files (`._mask1.jpg`, `.DS_Store`) are
@@ -10,6 +11,11 @@ ignored. Anything else -- a malformed name, a stray file, a photo that does not 
 a duplicate person id -- is listed in one message and stops the run, or with `--skip_bad` is skipped and
 counted. Folds come from scikit-learn's StratifiedGroupKFold: grouped by person (no person on both sides
 of a split) and stratified on the person's gender x age class.
+
+`--corrections FILE` fixes known label errors before the split, printing one line per change: a CSV with
+the columns id, field, value, one fix per row. field `gender` sets the person's gender to value (male or
+female), `age` sets their age to value, `mask_swap` swaps the labels of their incorrect_mask and normal
+photos (value ignored). An unknown id or field stops the run.
 """
 import warnings
 from pathlib import Path
@@ -20,11 +26,12 @@ from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 import cli
-from dataset import (GENDER_BY_NAME, IMAGE_EXTENSIONS, MASK_BY_STEM, age_band, encode_label,
-                     parse_person_folder)
+from dataset import (GENDER_BY_NAME, IMAGE_EXTENSIONS, MASK_BY_STEM, MAX_AGE, MIN_AGE, MaskLabel, age_band,
+                     encode_label, parse_person_folder)
 from fileio import write_csv
 
 TRAIN_CSV_COLUMNS = ("id", "gender", "race", "age", "path")
+CORRECTIONS_COLUMNS = ("id", "field", "value")
 SHOWN_PROBLEMS = 10  # problems listed in full; the rest are counted
 
 
@@ -36,6 +43,8 @@ def get_args_parser():
     cli.add_flag(data, "output", default=None, help="folds CSV to write (default: folds.csv beside data_dir)")
     cli.add_flag(data, "skip_bad", action="store_true",
                  help="skip malformed folders, stray files and undecodable photos instead of stopping")
+    cli.add_flag(data, "corrections", default=None, metavar="FILE",
+                 help="CSV of label fixes (id, field, value; field gender, age or mask_swap) applied before the split")
     split = parser.add_argument_group("split")
     cli.add_flag(split, "kfold", type=int, default=5, help="number of folds")
     cli.add_flag(split, "seed", type=int, default=42, help="seed of the fold assignment")
@@ -133,6 +142,66 @@ def report_problems(problems, data_dir, skip_bad):
     print(f"skipped {len(problems)} problem(s): {shown}{more}")
 
 
+def set_person_value(frame, rows, column, value):
+    """Sets a person's column; describes the change (or that there was none)."""
+    old = frame.loc[rows, column].iloc[0]
+    frame.loc[rows, column] = value
+    return f"{column} {old} -> {value}" if old != value else f"{column} already {value}"
+
+
+def correct_gender(frame, rows, value):
+    gender = value.strip().lower()
+    if gender not in GENDER_BY_NAME:
+        raise ValueError(f"gender {value!r} is not male or female")
+    return set_person_value(frame, rows, "gender", gender)
+
+
+def correct_age(frame, rows, value):
+    if not value.strip().isdigit() or not MIN_AGE <= int(value) <= MAX_AGE:
+        raise ValueError(f"age {value!r} is not a number in {MIN_AGE}-{MAX_AGE}")
+    return set_person_value(frame, rows, "age", int(value))
+
+
+def swap_masks(frame, rows, value):
+    swapped = {MaskLabel.INCORRECT: MaskLabel.NOT_WEAR, MaskLabel.NOT_WEAR: MaskLabel.INCORRECT}
+    frame.loc[rows, "mask_label"] = frame.loc[rows, "mask_label"].map(lambda mask: int(swapped.get(mask, mask)))
+    return "incorrect_mask and normal labels swapped"
+
+
+CORRECTIONS = {"gender": correct_gender, "age": correct_age, "mask_swap": swap_masks}
+
+
+def read_corrections(path):
+    """The corrections CSV as strings (id, field, value), its columns checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise cli.UserError(f"corrections file {path} does not exist")
+    try:
+        corrections = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise cli.UserError(f"{path} is not a readable CSV: {str(error).splitlines()[0]}") from None
+    missing = [column for column in CORRECTIONS_COLUMNS if column not in corrections.columns]
+    if missing:
+        raise cli.UserError(f"{path} lacks the column(s) {', '.join(missing)} (expected id, field, value)")
+    return corrections
+
+
+def apply_corrections(frame, corrections):
+    """The image rows with every correction applied in file order, and one line describing each change."""
+    frame, changes = frame.copy(), []
+    for line, (person, field, value) in enumerate(corrections[list(CORRECTIONS_COLUMNS)].itertuples(index=False), 2):
+        rows = frame["id"] == person.strip()
+        if not rows.any():
+            raise cli.UserError(f"corrections line {line}: no person with id {person!r}")
+        if field not in CORRECTIONS:
+            raise cli.UserError(f"corrections line {line}: unknown field {field!r} (expected {', '.join(CORRECTIONS)})")
+        try:
+            changes.append(f"{person.strip()}: {CORRECTIONS[field](frame, rows, value)}")
+        except ValueError as error:
+            raise cli.UserError(f"corrections line {line}: {error}") from None
+    return frame, changes
+
+
 def label_rows(rows):
     frame = pd.DataFrame(rows)
     frame["gender_label"] = frame["gender"].map(lambda name: int(GENDER_BY_NAME[name]))
@@ -165,7 +234,12 @@ def main():
     report_problems(problems, data_dir, args.skip_bad)
     if not rows:
         raise cli.UserError(f"no usable photos under {data_dir}")
-    frame = assign_folds(label_rows(rows), args.kfold, args.seed)
+    frame = pd.DataFrame(rows)
+    if args.corrections:
+        frame, changes = apply_corrections(frame, read_corrections(args.corrections))
+        for change in changes:
+            print(f"corrected {change}")
+    frame = assign_folds(label_rows(frame), args.kfold, args.seed)
     write_csv(frame, output)
     sizes = frame.groupby("fold")["id"].nunique().tolist()
     print(f"wrote {output}: {len(frame)} images of {frame['id'].nunique()} people, "

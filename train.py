@@ -10,6 +10,9 @@ validation macro F1), last.pth (the latest epoch), summary.csv (one row per epoc
 (`tensorboard --logdir model`). Each epoch trains with a progress bar, validates on the held-out fold and
 prints train loss, validation loss, macro F1 over the 18 classes, the per-task F1 and accuracy.
 """
+import argparse
+import copy
+import json
 import math
 import os
 import random
@@ -20,22 +23,28 @@ import numpy as np
 import pandas as pd
 import torch
 from adamp import AdamP, SGDP
-from torch.utils.data import DataLoader
+from timm.utils import ModelEmaV3
+from torch.optim.lr_scheduler import (CosineAnnealingLR, LambdaLR, LinearLR, OneCycleLR, ReduceLROnPlateau,
+                                      SequentialLR, StepLR)
+from torch.utils.data import DataLoader, WeightedRandomSampler
+from torchsampler import ImbalancedDatasetSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cli
-from augmentation import AUGMENTATIONS, create_transform
-from dataset import TASK_CLASSES, ImageDataset, training_targets
+from augmentation import AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_transform
+from dataset import (NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDataset, decode_label, inverse_frequency, load_folds,
+                     num_target_classes, parse_age_range, training_targets)
 from evaluation import score, score_task
-from fileio import save_checkpoint, write_csv, write_json
+from fileio import load_checkpoint, save_checkpoint, write_csv, write_json
 from loss import CRITERIA, MultiTaskLoss, create_criterion
-from model import HEADS, create_model, predict
+from model import HEADS, create_model, freeze_backbone, load_weights, predict
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
               "sgdp": SGDP, "adamp": AdamP}
-SCHEDULERS = ("none", "step", "cosine", "onecycle")
-FOLDS_COLUMNS = ("path", "id", "age", "mask_label", "gender_label", "label", "fold")
+SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
+SAMPLERS = ("none", "weighted", "imbalanced")
+WARMUP_START = 0.01  # warmup's first learning rate, as a fraction of --lr
 
 
 def get_args_parser():
@@ -44,7 +53,9 @@ def get_args_parser():
     cli.add_flag(data, "data_dir", default=cli.env_default("SM_CHANNEL_TRAIN", "data/train/images"),
                  help="folder of person folders (env SM_CHANNEL_TRAIN)")
     cli.add_flag(data, "csv", default=None, help="folds CSV from preprocess.py (default: folds.csv beside data_dir)")
-    cli.add_flag(data, "fold", type=int, default=0, help="fold held out for validation")
+    cli.add_flag(data, "fold", type=fold_number, default=0,
+                 help="fold held out for validation; all: one run per fold in run_dir/fold0, fold1, ... "
+                      "and the out-of-fold predictions in run_dir/oof.csv")
     cli.add_flag(data, "resize", type=int, nargs=2, default=[128, 96], metavar=("H", "W"),
                  help="input height and width, the same at validation and inference")
     cli.add_flag(data, "augmentation", default="CustomAugmentation", choices=list(AUGMENTATIONS),
@@ -53,6 +64,23 @@ def get_args_parser():
     cli.add_flag(data, "valid_batch_size", type=int, default=256, help="validation batch size")
     cli.add_flag(data, "workers", type=int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
                  help="loader worker processes (default: the cores but one, at most 8)")
+    cli.add_flag(data, "sampler", default="none", choices=SAMPLERS,
+                 help="none: shuffle; weighted: draw each of the 18 classes equally often (inverse frequency); "
+                      "imbalanced: torchsampler's ImbalancedDatasetSampler on the training targets")
+    cli.add_flag(data, "old_age", type=int, default=OLD_AGE,
+                 help="training targets count ages >= this as 60+ (validation always uses 60)")
+    cli.add_flag(data, "drop_ages", default=None, metavar="A-B",
+                 help="leave people of these ages (a range A-B or one age) out of training, never of validation")
+
+    mixing = parser.add_argument_group("mixing")
+    cli.add_flag(mixing, "mixup", type=float, default=0.0, metavar="P", help="probability of mixup per batch")
+    cli.add_flag(mixing, "cutmix", type=float, default=0.0, metavar="P", help="probability of cutmix per batch")
+    cli.add_flag(mixing, "mix_alpha", type=float, default=1.0,
+                 help="Beta(alpha, alpha) of mixup's weight and of box cutmix's area")
+    cli.add_flag(mixing, "cutmix_mode", default="box", choices=CUTMIX_MODES,
+                 help="box: a random box of the partner (standard); vertical: the partner's right part")
+    cli.add_flag(mixing, "cutmix_ratio", type=float, nargs=2, default=[0.46, 0.54], metavar=("LOW", "HIGH"),
+                 help="vertical cutmix: range of the split column, as a fraction of the width")
 
     model = parser.add_argument_group("model")
     cli.add_flag(model, "model", default="resnet18", help="timm, torchvision or efficientnet-pytorch name")
@@ -66,13 +94,31 @@ def get_args_parser():
     optimisation = parser.add_argument_group("optimisation")
     cli.add_flag(optimisation, "epochs", type=int, default=10, help="number of epochs")
     cli.add_flag(optimisation, "optimizer", default="adamw", choices=list(OPTIMIZERS), help="optimizer")
-    cli.add_flag(optimisation, "lr", type=float, default=1e-3, help="learning rate (OneCycle's peak)")
+    cli.add_flag(optimisation, "lr", type=float, default=1e-3, help="learning rate")
+    cli.add_flag(optimisation, "max_lr", type=float, default=None, help="onecycle's peak learning rate (default: --lr)")
+    cli.add_flag(optimisation, "warmup_epochs", type=int, default=0,
+                 help="epochs of linear warmup from 1%% of --lr before the schedule (not with onecycle or plateau)")
     cli.add_flag(optimisation, "momentum", type=float, default=0.9, help="momentum of sgd and sgdp")
     cli.add_flag(optimisation, "weight_decay", type=float, default=1e-4, help="weight decay")
     cli.add_flag(optimisation, "scheduler", default="cosine", choices=SCHEDULERS, help="learning-rate schedule")
     cli.add_flag(optimisation, "lr_decay_step", type=int, default=5, help="step scheduler: epochs between decays")
-    cli.add_flag(optimisation, "lr_decay", type=float, default=0.5, help="step scheduler: factor of each decay")
+    cli.add_flag(optimisation, "lr_decay", type=float, default=0.5, help="step and plateau: factor of each decay")
+    cli.add_flag(optimisation, "plateau_patience", type=int, default=2,
+                 help="plateau scheduler: epochs without a better validation F1 before a decay")
+    cli.add_flag(optimisation, "clip_grad", type=float, default=0.0, metavar="NORM",
+                 help="clip the gradient norm to this (0: off)")
+    cli.add_flag(optimisation, "ema", type=float, default=0.0, metavar="DECAY",
+                 help="keep an exponential moving average of the weights (e.g. 0.999), validated and saved "
+                      "instead of the raw weights (0: off)")
+    cli.add_flag(optimisation, "freeze_epochs", type=int, default=0,
+                 help="train only the head, backbone frozen, for this many first epochs")
     cli.add_flag(optimisation, "criterion", default="cross_entropy", choices=CRITERIA, help="training criterion")
+    cli.add_flag(optimisation, "class_weights", default="none", choices=["none", "auto"],
+                 help="auto: weigh the criterion's classes by inverse training frequency (mean 1; f1 ignores it)")
+    cli.add_flag(optimisation, "task_criteria", nargs=3, default=None, choices=CRITERIA,
+                 metavar=("MASK", "GENDER", "AGE"), help="--head multi: one criterion per task (default: --criterion)")
+    cli.add_flag(optimisation, "task_weights", type=float, nargs=3, default=[1.0, 1.0, 1.0],
+                 metavar=("MASK", "GENDER", "AGE"), help="--head multi: weight of each task's criterion")
     cli.add_flag(optimisation, "focal_gamma", type=float, default=2.0, help="focal criterion's gamma")
     cli.add_flag(optimisation, "smoothing", type=float, default=0.1, help="label_smoothing criterion's epsilon")
     cli.add_flag(optimisation, "patience", type=int, default=0,
@@ -83,14 +129,32 @@ def get_args_parser():
                  help="parent of run directories (env SM_MODEL_DIR)")
     cli.add_flag(run, "name", default="exp", help="run directory name; exp2, exp3, ... when taken")
     cli.add_flag(run, "seed", type=int, default=42, help="seed of weights, order and augmentation")
+    cli.add_flag(run, "resume", default=None, metavar="RUN_DIR",
+                 help="continue an interrupted run (or --fold all parent) from its last.pth; its config.json "
+                      "supplies every other flag")
+    cli.add_flag(run, "deterministic", action="store_true",
+                 help="deterministic cuDNN algorithms on GPU (slower); CPU runs are deterministic anyway")
     cli.add_flag(run, "device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     return parser
+
+
+def fold_number(text):
+    """--fold: a fold number or `all`."""
+    return text if text == "all" else int(text)
 
 
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def configure_determinism(deterministic):
+    """Deterministic cuDNN and algorithms when asked; otherwise let cuDNN pick the fastest kernels."""
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def seed_worker(worker_id):
@@ -108,42 +172,69 @@ def next_run_dir(model_dir, name):
     return candidate
 
 
-def load_folds(csv_path, data_dir, fold):
-    """The folds CSV, checked against data_dir and the requested fold."""
-    if not csv_path.is_file():
-        raise cli.UserError(f"{csv_path} does not exist: run preprocess.py first or pass --csv")
-    frame = pd.read_csv(csv_path, dtype={"id": str})
-    missing = [column for column in FOLDS_COLUMNS if column not in frame.columns]
-    if missing:
-        raise cli.UserError(f"{csv_path} is not a folds CSV (no {', '.join(missing)}): run preprocess.py")
-    absent = [path for path in frame["path"] if not (data_dir / path).is_file()]
-    if absent:
-        raise cli.UserError(f"{len(absent)} of {len(frame)} images in {csv_path} are not under {data_dir} "
-                            f"(first: {absent[0]}): rerun preprocess.py for this data directory")
-    if fold not in set(frame["fold"]):
-        raise cli.UserError(f"fold {fold} is not in {csv_path} (folds {sorted(set(frame['fold']))})")
-    return frame
+def training_frame(frame, fold, drop_ages=None):
+    """The rows trained on: every fold but `fold`, less the people of the ages --drop_ages names."""
+    train_frame = frame[frame["fold"] != fold]
+    if drop_ages is None:
+        return train_frame
+    try:
+        low, high = parse_age_range(drop_ages)
+    except ValueError as error:
+        raise cli.UserError(f"--drop_ages: {error}") from None
+    kept = train_frame[~train_frame["age"].between(low, high)]
+    if kept.empty:
+        raise cli.UserError(f"--drop_ages {drop_ages} leaves no training image")
+    return kept
+
+
+def create_sampler(name, dataset, labels, generator=None):
+    """None (the loader shuffles), or a sampler that draws with replacement, rare classes as often as common ones:
+    weighted by the inverse frequency of the 18-class `labels`, imbalanced by the dataset's own targets."""
+    if name == "weighted":
+        weights = inverse_frequency(labels, NUM_CLASSES)[labels]
+        return WeightedRandomSampler(weights, len(labels), generator=generator)
+    if name == "imbalanced":
+        return ImbalancedDatasetSampler(dataset)
+    return None
 
 
 def build_loaders(args, frame, data_dir, device):
-    train_frame, valid_frame = frame[frame["fold"] != args.fold], frame[frame["fold"] == args.fold]
-    train_set = ImageDataset([data_dir / p for p in train_frame["path"]], training_targets(train_frame, args.task),
+    """Training loader (--old_age targets, --drop_ages left out, --sampler) and validation loader (true labels)."""
+    if args.old_age <= 30:
+        raise cli.UserError(f"--old_age {args.old_age} must be over 30, the lower bound of the 30-59 band")
+    train_frame, valid_frame = training_frame(frame, args.fold, args.drop_ages), frame[frame["fold"] == args.fold]
+    train_set = ImageDataset([data_dir / p for p in train_frame["path"]],
+                             training_targets(train_frame, args.task, args.old_age),
                              create_transform(args.augmentation, args.resize))
     valid_set = ImageDataset([data_dir / p for p in valid_frame["path"]], training_targets(valid_frame, args.task),
                              create_transform("BaseAugmentation", args.resize))
     common = {"num_workers": args.workers, "pin_memory": device.type == "cuda", "worker_init_fn": seed_worker}
     generator = torch.Generator().manual_seed(args.seed)
-    train_loader = DataLoader(train_set, args.batch_size, shuffle=True, drop_last=len(train_set) > args.batch_size,
-                              generator=generator, **common)
+    sampler = create_sampler(args.sampler, train_set, training_targets(train_frame, "all", args.old_age), generator)
+    train_loader = DataLoader(train_set, args.batch_size, shuffle=sampler is None, sampler=sampler,
+                              drop_last=len(train_set) > args.batch_size, generator=generator, **common)
     valid_loader = DataLoader(valid_set, args.valid_batch_size, shuffle=False, **common)
     return train_loader, valid_loader
 
 
-def create_training_criterion(args):
+def weighted_criterion(args, name, targets, num_classes):
+    """The named criterion, with inverse-frequency class weights of `targets` under --class_weights auto."""
+    weights = None
+    if args.class_weights == "auto":
+        weights = torch.as_tensor(inverse_frequency(targets, num_classes), dtype=torch.float32)
+    return create_criterion(name, weights, args.focal_gamma, args.smoothing)
+
+
+def create_training_criterion(args, targets):
+    """The criterion for the training targets: one over the outputs, or for --head multi the weighted sum of one
+    criterion per task (--task_criteria, --task_weights)."""
     if args.head == "multi":
-        return MultiTaskLoss([create_criterion(args.criterion, None, args.focal_gamma, args.smoothing)
-                              for _ in range(3)])
-    return create_criterion(args.criterion, None, args.focal_gamma, args.smoothing)
+        names = args.task_criteria or [args.criterion] * len(TASK_CLASSES)
+        return MultiTaskLoss([weighted_criterion(args, name, task_targets, classes) for name, task_targets, classes
+                              in zip(names, decode_label(targets), TASK_CLASSES.values())], args.task_weights)
+    if args.task_criteria or args.task_weights != [1.0, 1.0, 1.0]:
+        raise cli.UserError("--task_criteria and --task_weights weigh the three heads of --head multi")
+    return weighted_criterion(args, args.criterion, targets, num_target_classes(args.task))
 
 
 def create_optimizer(args, parameters):
@@ -154,54 +245,84 @@ def create_optimizer(args, parameters):
 
 
 def create_scheduler(args, optimizer, steps_per_epoch):
-    """A scheduler stepped after every optimisation step."""
-    total_steps = args.epochs * steps_per_epoch
-    if args.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, args.lr_decay_step * steps_per_epoch, args.lr_decay)
-    if args.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
-    if args.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    """The --scheduler after --warmup_epochs of linear warmup, stepped after every optimisation step; except
+    plateau, stepped once per epoch on the validation F1."""
+    if args.warmup_epochs and (args.scheduler in ("onecycle", "plateau") or args.warmup_epochs >= args.epochs):
+        raise cli.UserError(f"--warmup_epochs {args.warmup_epochs} needs fewer than --epochs {args.epochs} epochs "
+                            "and a scheduler other than onecycle (which warms up itself) and plateau")
+    if args.scheduler == "plateau":
+        return ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_decay, patience=args.plateau_patience)
+    warmup_steps = args.warmup_epochs * steps_per_epoch
+    steps = args.epochs * steps_per_epoch - warmup_steps
+    schedules = {
+        "none": lambda: LambdaLR(optimizer, lambda step: 1.0),
+        "step": lambda: StepLR(optimizer, args.lr_decay_step * steps_per_epoch, args.lr_decay),
+        "cosine": lambda: CosineAnnealingLR(optimizer, steps),
+        "onecycle": lambda: OneCycleLR(optimizer, args.max_lr or args.lr, total_steps=steps),
+    }
+    if not warmup_steps:
+        return schedules[args.scheduler]()
+    warmup = LinearLR(optimizer, start_factor=WARMUP_START, total_iters=warmup_steps)
+    return SequentialLR(optimizer, [warmup, schedules[args.scheduler]()], milestones=[warmup_steps])
+
+
+def create_ema(args, model):
+    """timm's exponential moving average of the model's weights under --ema DECAY, else None."""
+    if not args.ema:
+        return None
+    if not 0 < args.ema < 1:
+        raise cli.UserError(f"--ema {args.ema} is a decay: between 0 and 1, e.g. 0.999")
+    return ModelEmaV3(model, decay=args.ema)
 
 
 class DivergedError(Exception):
     """The training loss stopped being a finite number."""
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, epoch):
-    """One pass over the training loader; returns the mean training loss."""
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, epoch, mixer=None, clip_grad=0.0,
+                    ema=None, frozen=False):
+    """One pass over the training loader, batches mixed by `mixer`, gradients clipped to the norm `clip_grad`
+    (0: not), `ema` updated after every step and the backbone `frozen` or not; returns the mean training loss."""
     model.train()
+    freeze_backbone(model, frozen)
     total_loss, seen = 0.0, 0
     progress = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False)
     for images, targets in progress:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if mixer is not None:
+            images, targets = mixer(images, targets)
         loss = criterion(model(images), targets)
         if not torch.isfinite(loss):
             raise DivergedError(f"loss became {loss.item()} at epoch {epoch}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
-        scheduler.step()
+        if ema is not None:
+            ema.update(model)
+        if not isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step()
         total_loss += loss.item() * len(images)  # item() syncs with the device once per step
         seen += len(images)
         progress.set_postfix(loss=f"{total_loss / seen:.4f}")
     return total_loss / seen
 
 
+def score_targets(targets, predicted, task):
+    """Macro F1 over the 18 classes and per task, or over one task's classes, and accuracy."""
+    return score(targets, predicted) if task == "all" else score_task(targets, predicted, task)
+
+
 def validate(model, loader, criterion, head, task, device):
-    """Validation loss and F1: over the 18 classes and per task, or over one task's classes."""
+    """Validation metrics (loss, F1 over the 18 classes and per task, or over one task's classes) and probabilities."""
     probabilities, loss = predict(model, loader, head, device, criterion)
-    predicted = probabilities.argmax(dim=1).numpy()
-    if task == "all":
-        metrics = score(loader.dataset.targets, predicted)
-    else:
-        metrics = score_task(loader.dataset.targets, predicted, task)
-    return {"val_loss": loss, **{f"val_{name}": value for name, value in metrics.items()}}
+    metrics = score_targets(loader.dataset.targets, probabilities.argmax(dim=1).numpy(), task)
+    return {"val_loss": loss, **{f"val_{name}": value for name, value in metrics.items()}}, probabilities
 
 
 def log_epoch(run_dir, writer, history, row):
-    history.append(row)
+    """summary.csv rewritten from the whole history (the latest row is history's last), TensorBoard, one line."""
     write_csv(pd.DataFrame(history), run_dir / "summary.csv")
     for name, value in row.items():
         if name != "epoch":
@@ -210,51 +331,136 @@ def log_epoch(run_dir, writer, history, row):
                    for name, value in row.items()), flush=True)
 
 
-def main():
-    args = get_args_parser().parse_args()
-    data_dir = Path(args.data_dir)
-    csv_path = Path(args.csv) if args.csv else data_dir.parent / "folds.csv"
-    frame = load_folds(csv_path, data_dir, args.fold)
+def seed_epoch(seed, epoch, loader, mixer):
+    """Derives every random draw of an epoch (order, sampler, augmentation, mixing) from (seed, epoch) alone,
+    so a run resumed at an epoch boundary continues exactly as the uninterrupted run."""
+    epoch_seed = seed * 10_000 + epoch
+    seed_everything(epoch_seed)
+    loader.generator.manual_seed(epoch_seed)
+    mixer.rng = np.random.default_rng([seed, epoch])
+
+
+def restore_progress(path, model, optimizer, scheduler, ema):
+    """Loads last.pth into the model, optimizer, scheduler and EMA; returns the loop's progress."""
+    state = load_checkpoint(path)
+    load_weights(model, state.get("training_model", state["model"]), path)
+    if ema is not None:
+        load_weights(ema.module, state["model"], path)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    print(f"resumed {path} after epoch {state['epoch']}")
+    return state["progress"]
+
+
+def train_fold(args, frame, run_dir, fold, resume=False):
+    """Trains on every fold but `fold` into run_dir; returns the validation probabilities of the best epoch.
+
+    With `resume`, continues from run_dir/last.pth when there is one.
+    """
+    args = copy.copy(args)
+    args.fold = fold
     seed_everything(args.seed)
     device = torch.device(args.device)
     model = create_model(vars(args)).to(device)
-    train_loader, valid_loader = build_loaders(args, frame, data_dir, device)
-    criterion = create_training_criterion(args).to(device)
+    train_loader, valid_loader = build_loaders(args, frame, Path(args.data_dir), device)
+    criterion = create_training_criterion(args, train_loader.dataset.targets).to(device)
     optimizer = create_optimizer(args, model.parameters())
     scheduler = create_scheduler(args, optimizer, len(train_loader))
+    mixer = BatchMixer(num_target_classes(args.task), args.mixup, args.cutmix, args.mix_alpha, args.cutmix_mode,
+                       args.cutmix_ratio, np.random.default_rng(args.seed))
+    ema = create_ema(args, model)
 
-    run_dir = next_run_dir(args.model_dir, args.name)
-    run_dir.mkdir(parents=True)
-    write_json({**vars(args), "csv": str(csv_path), "run_dir": str(run_dir)}, run_dir / "config.json")
+    run_dir.mkdir(parents=True, exist_ok=resume)
+    write_json({**vars(args), "run_dir": str(run_dir)}, run_dir / "config.json")
     print(f"run {run_dir}: {len(train_loader.dataset)} training and {len(valid_loader.dataset)} validation "
           f"images, {args.model} ({args.head} head, task {args.task}) on {device}")
 
-    writer, history = SummaryWriter(run_dir), []
-    best_f1, epochs_without_improvement = -math.inf, 0
-    for epoch in range(1, args.epochs + 1):
-        started = time.time()
-        try:
-            train_loss = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch)
-        except DivergedError as error:
-            raise cli.UserError(f"{error}: stopped; {run_dir / 'last.pth'} keeps the last good epoch; "
-                                "lower --lr or change --criterion") from None
-        metrics = validate(model, valid_loader, criterion, args.head, args.task, device)
-        improved = metrics["val_f1"] > best_f1
-        best_f1 = max(best_f1, metrics["val_f1"])
-        epochs_without_improvement = 0 if improved else epochs_without_improvement + 1
-        row = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0],
-               "seconds": time.time() - started}
-        state = {"model": model.state_dict(), "epoch": epoch, "metrics": metrics, "config": vars(args)}
-        if improved:
-            save_checkpoint(state, run_dir / "best.pth")
-        save_checkpoint({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                        run_dir / "last.pth")
-        log_epoch(run_dir, writer, history, row)
-        if args.patience and epochs_without_improvement >= args.patience:
+    writer = SummaryWriter(run_dir)
+    progress = {"epoch": 0, "best_f1": -math.inf, "epochs_without_improvement": 0, "history": []}
+    if resume and (run_dir / "last.pth").is_file():
+        progress = restore_progress(run_dir / "last.pth", model, optimizer, scheduler, ema)
+    for epoch in range(progress["epoch"] + 1, args.epochs + 1):
+        if args.patience and progress["epochs_without_improvement"] >= args.patience:
             print(f"early stop: no better validation F1 in {args.patience} epochs")
             break
+        started = time.time()
+        seed_epoch(args.seed, epoch, train_loader, mixer)
+        try:
+            train_loss = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch, mixer,
+                                         args.clip_grad, ema, frozen=epoch <= args.freeze_epochs)
+        except DivergedError as error:
+            kept = (f"{run_dir / 'last.pth'} keeps epoch {progress['epoch']}" if progress["epoch"]
+                    else "no epoch had finished, so no checkpoint was written")
+            raise cli.UserError(f"{error}: stopped; {kept}; lower --lr or change --criterion") from None
+        evaluated = model if ema is None else ema.module  # with --ema, the averaged weights are validated and saved
+        metrics, probabilities = validate(evaluated, valid_loader, criterion, args.head, args.task, device)
+        if isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step(metrics["val_f1"])
+        improved = metrics["val_f1"] > progress["best_f1"]
+        row = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0],
+               "seconds": time.time() - started}
+        progress = {"epoch": epoch, "best_f1": max(progress["best_f1"], metrics["val_f1"]),
+                    "epochs_without_improvement": 0 if improved else progress["epochs_without_improvement"] + 1,
+                    "history": progress["history"] + [row]}
+        state = {"model": evaluated.state_dict(), "epoch": epoch, "metrics": metrics, "config": vars(args)}
+        if improved:
+            save_checkpoint({**state, "valid_probabilities": probabilities}, run_dir / "best.pth")
+        # last.pth is written before the logs, so a kill in between loses no epoch that the logs show.
+        save_checkpoint({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "progress": progress, **({"training_model": model.state_dict()} if ema is not None else {})},
+                        run_dir / "last.pth")
+        log_epoch(run_dir, writer, progress["history"], row)
     writer.close()
-    print(f"best val_f1 {best_f1:.4f}; checkpoints in {run_dir}")
+    print(f"best val_f1 {progress['best_f1']:.4f}; checkpoints in {run_dir}")
+    return load_checkpoint(run_dir / "best.pth")["valid_probabilities"]
+
+
+def train_all_folds(args, frame, run_dir, resume=False):
+    """One run per fold in run_dir/fold0, fold1, ...; then every image's prediction by the model that did not
+    train on it in run_dir/oof.csv, and their metrics over the whole training set in run_dir/oof_metrics.json."""
+    parts = []
+    for fold in sorted(set(frame["fold"])):
+        probabilities = train_fold(args, frame, run_dir / f"fold{fold}", fold, resume)
+        held_out = frame[frame["fold"] == fold]  # validation rows, in the validation loader's order
+        parts.append(pd.DataFrame({
+            "path": held_out["path"].to_numpy(), "fold": fold, "label": training_targets(held_out, args.task),
+            "predicted": probabilities.argmax(dim=1).numpy(),
+            **{f"prob_{k}": probabilities[:, k].numpy() for k in range(probabilities.shape[1])}}))
+    oof = pd.concat(parts, ignore_index=True)
+    write_csv(oof, run_dir / "oof.csv")
+    metrics = score_targets(oof["label"].to_numpy(), oof["predicted"].to_numpy(), args.task)
+    metrics["fold_f1"] = [score_targets(part["label"], part["predicted"], args.task)["f1"] for part in parts]
+    write_json(metrics, run_dir / "oof_metrics.json")
+    fold_f1 = ", ".join(f"{f1:.4f}" for f1 in metrics["fold_f1"])
+    print(f"out-of-fold f1 {metrics['f1']:.4f} over {len(oof)} images (per fold {fold_f1}); "
+          f"oof.csv, oof_metrics.json and the fold runs in {run_dir}")
+
+
+def resumed_args(run_dir):
+    """The saved arguments of an interrupted run: a single-fold run, or a --fold all parent of fold runs."""
+    for config_path, fold in ((run_dir / "config.json", None), (run_dir / "fold0" / "config.json", "all")):
+        if config_path.is_file():
+            args = argparse.Namespace(**json.loads(config_path.read_text()))
+            args.fold = fold if fold is not None else args.fold
+            return args
+    raise cli.UserError(f"{run_dir} is not a run directory (no config.json): pass the folder train.py made")
+
+
+def main():
+    args = get_args_parser().parse_args()
+    resume = args.resume is not None
+    if resume:
+        run_dir, args = Path(args.resume), resumed_args(Path(args.resume))
+    configure_determinism(args.deterministic)
+    data_dir = Path(args.data_dir)
+    args.csv = str(Path(args.csv) if args.csv else data_dir.parent / "folds.csv")
+    frame = load_folds(Path(args.csv), data_dir, args.fold)
+    if not resume:
+        run_dir = next_run_dir(args.model_dir, args.name)
+    if args.fold == "all":
+        train_all_folds(args, frame, run_dir, resume)
+    else:
+        train_fold(args, frame, run_dir, args.fold, resume)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,161 @@
+"""Combines predictions into one submission: split-task runs composed into 18 classes, soft and hard votes.
+
+    export SM_CHANNEL_EVAL=data/eval SM_OUTPUT_DATA_DIR=output
+    python ensemble.py --mask model/mask --gender model/gender --age model/age     # runs trained with --task
+    python ensemble.py out_a/probabilities.csv out_b model/exp3 --weights 2 1 1    # soft vote
+    python ensemble.py out_a out_b out_c --method hard
+    python ensemble.py val_a/probabilities.csv val_b/probabilities.csv --fold 0     # weights chosen on fold 0
+
+Each positional input is one voter: a probabilities.csv, a folder holding one (an output folder), or a run
+directory or parent of runs, predicted here (a parent's runs averaged, as inference.py does). `--mask`,
+`--gender` and `--age` take runs trained with that `--task` (several runs of a task are averaged); the 18
+class probabilities are the product of the three distributions, and this composition is one more voter
+when positional inputs are given too (the last one for `--weights`). `--method soft` averages the voters'
+probabilities, weighted by `--weights`; `--method hard` answers the class most voters pick (weighted), a tie
+going to the class with the larger summed probability. Either way probabilities.csv holds the weighted mean.
+Rows follow info.csv (`--data_dir`) when it exists, which it must when a run is predicted, else the first
+input's order; inputs that predict another set of ImageIDs are refused. With `--fold K` every input must
+predict fold K (inference.py and inference_tta.py write such files with `--fold K`), runs are predicted on
+it, and the macro F1 of the combination is printed.
+"""
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+import cli
+from dataset import NUM_CLASSES, TASK_CLASSES, compose_probabilities
+from inference import (add_common_flags, find_runs, predict_runs, print_held_out_score, read_images, read_info,
+                       read_probabilities, write_submission)
+
+METHODS = ("soft", "hard")
+
+
+def get_args_parser():
+    parser = cli.new_parser("Compose split-task runs or vote across predictions; write output.csv and "
+                            "probabilities.csv.")
+    paths = add_common_flags(parser)
+    paths.add_argument("inputs", nargs="*", default=[], metavar="INPUT",
+                       help="probabilities.csv files, folders holding one, run directories or parents of runs: "
+                            "one voter each")
+    tasks = parser.add_argument_group("split-task composition")
+    for task in TASK_CLASSES:
+        cli.add_flag(tasks, task, nargs="+", default=None, metavar="RUN",
+                     help=f"run directories (or parents) trained with --task {task}, averaged")
+    vote = parser.add_argument_group("vote")
+    cli.add_flag(vote, "method", default="soft", choices=METHODS,
+                 help="soft: weighted mean of probabilities; hard: weighted majority of the voters' answers")
+    cli.add_flag(vote, "weights", type=float, nargs="+", default=None,
+                 help="one weight per voter, in input order, the composition last (default: all 1)")
+    return parser
+
+
+def soft_vote(probabilities, weights):
+    """The weighted mean (N, K) of the voters' probabilities (V, N, K)."""
+    return torch.einsum("v,vnk->nk", weights, probabilities) / weights.sum()
+
+
+def hard_vote(probabilities, weights):
+    """The class with the most weighted votes among the voters' most probable classes; among tied classes, the
+    one with the larger summed probability."""
+    picks = F.one_hot(probabilities.argmax(dim=2), probabilities.shape[2]).to(weights.dtype)
+    votes = torch.einsum("v,vnk->nk", weights, picks)
+    tied = torch.isclose(votes, votes.max(dim=1, keepdim=True).values)
+    return torch.where(tied, soft_vote(probabilities, weights), -1.0).argmax(dim=1)
+
+
+def check_voters(args):
+    """The weights of the voters the arguments name, as a tensor; refuses an incomplete or empty ensemble."""
+    given = [task for task in TASK_CLASSES if getattr(args, task)]
+    if given and len(given) < len(TASK_CLASSES):
+        missing = next(task for task in TASK_CLASSES if task not in given)
+        raise cli.UserError(f"--{missing} is missing: composition needs --mask, --gender and --age runs")
+    voters = len(args.inputs) + bool(given)
+    if not voters:
+        raise cli.UserError("nothing to combine: pass probabilities.csv files or run directories, "
+                            "or --mask, --gender and --age runs")
+    weights = args.weights or [1.0] * voters
+    if len(weights) != voters:
+        raise cli.UserError(f"--weights has {len(weights)} values for {voters} voters: give one per input "
+                            "(and one for the composition, last)")
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise cli.UserError(f"--weights {' '.join(map(str, weights))}: weights must be 0 or more, not all 0")
+    return torch.tensor(weights)
+
+
+def probability_file(source):
+    """The probabilities.csv an input names, or None when it names runs to predict."""
+    path = Path(source)
+    if not path.is_dir():
+        return path
+    if not (path / "config.json").is_file() and (path / "probabilities.csv").is_file():
+        return path / "probabilities.csv"
+    return None
+
+
+def align(image_ids, probabilities, reference, name, reference_name):
+    """The probabilities in the reference's row order; refuses another set of ImageIDs, naming the first mismatch."""
+    position = {image_id: row for row, image_id in enumerate(image_ids)}
+    missing = [image_id for image_id in reference if image_id not in position]
+    if missing:
+        raise cli.UserError(f"{name} has no row for {missing[0]}, which {reference_name} lists ({len(missing)} "
+                            "missing): every input must predict the same images")
+    known = set(reference)
+    extra = [image_id for image_id in image_ids if image_id not in known]
+    if extra:
+        raise cli.UserError(f"{name} predicts {extra[0]}, which {reference_name} does not list ({len(extra)} "
+                            "extra): every input must predict the same images")
+    return probabilities[[position[image_id] for image_id in reference]]
+
+
+def read_rows(args, predicts):
+    """(info, paths, labels, name): the rows to write, from info.csv or the held-out fold; info None when only
+    probability files are combined and there is no info.csv."""
+    info_path = Path(args.data_dir) / "info.csv"
+    if args.fold is not None:
+        return *read_images(args), f"fold {args.fold}"
+    if predicts:
+        return *read_images(args), str(info_path)
+    if info_path.is_file():
+        return read_info(args.data_dir), None, None, str(info_path)
+    return None, None, None, None
+
+
+def predict_composition(args, paths, device):
+    """18-class probabilities as the product of the mask, gender and age runs' distributions."""
+    return compose_probabilities(*(predict_runs(find_runs(getattr(args, task)), paths, args, device, task)
+                                   for task in TASK_CLASSES))
+
+
+def main():
+    args = get_args_parser().parse_args()
+    weights = check_voters(args)
+    device = torch.device(args.device)
+    files = [probability_file(source) for source in args.inputs]
+    info, paths, labels, reference_name = read_rows(args, predicts=None in files or bool(args.mask))
+    reference = None if info is None else info["ImageID"].tolist()
+    aligned = []
+    for source, file in zip(args.inputs, files):
+        if file is None:
+            name, image_ids, probabilities = source, reference, predict_runs(find_runs([source]), paths, args, device)
+        else:
+            name, (image_ids, probabilities) = str(file), read_probabilities(file)
+        if probabilities.shape[1] != NUM_CLASSES:
+            raise cli.UserError(f"{name} holds {probabilities.shape[1]} classes, not {NUM_CLASSES}: compose "
+                                "single-task runs with --mask, --gender and --age")
+        if reference is None:  # no info.csv: the first input sets the rows
+            reference, reference_name = image_ids, name
+        aligned.append(align(image_ids, probabilities, reference, name, reference_name))
+    if args.mask:
+        aligned.append(predict_composition(args, paths, device))
+    info = pd.DataFrame({"ImageID": reference, "ans": 0}) if info is None else info
+    stacked = torch.stack(aligned)
+    answers = hard_vote(stacked, weights) if args.method == "hard" else None
+    answers = write_submission(info, soft_vote(stacked, weights), args.output_dir, answers)
+    if labels is not None:
+        print_held_out_score(args.fold, labels, answers)
+
+
+if __name__ == "__main__":
+    cli.run(main)
