@@ -1,8 +1,12 @@
 """Image transforms, chosen by name with `--augmentation`, and the batch mixing of `--mixup` / `--cutmix`.
 
-Every transform takes a PIL photo and returns a normalised float tensor of shape (3, H, W).
-`BaseAugmentation` (resize + normalise) is the evaluation transform: train-time validation and
-inference both use it with the run's saved `--resize`, so the two can never disagree.
+Every transform takes a uint8 image -- a (3, H, W) tensor as the datasets decode it, or a PIL photo -- and
+returns a uint8 (3, H, W) tensor at `resize`; the model converts and normalises whole batches on its device
+(model.MaskClassifier), so workers move a quarter of the bytes and never touch floats.
+`BaseAugmentation` (resize) is the evaluation transform: train-time validation and inference both use it with
+the run's saved `--resize`, so the two can never disagree. A training preset that crops at random says so with
+`margin`: its photos are decoded that much larger than `resize` (`decode_size`), so its crops are downscaled
+rather than blown up.
 `BatchMixer` mixes a whole training batch after the transforms and turns its labels into soft targets.
 """
 import math
@@ -14,20 +18,24 @@ from torchvision.transforms import v2
 
 from cli import UserError
 
-# Channel statistics of the competition's training photos.
+# Channel statistics of the competition's training photos, as fractions of 255.
 MEAN = (0.548, 0.504, 0.479)
 STD = (0.237, 0.247, 0.246)
+CROP_MARGIN = 1.15  # decode size over --resize for random crops: a 0.75-area crop still has >= resize pixels
 
 
-def to_normalized_tensor(mean, std):
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+def to_unit_float(images):
+    """Float images in [0, 1]: uint8 images divided by 255, float ones unchanged."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
 
 
 class BaseAugmentation:
-    """Resize and normalise: the deterministic transform of validation and inference."""
+    """Resize: the deterministic transform of validation and inference (a no-op on photos decoded at `resize`)."""
 
-    def __init__(self, resize, mean=MEAN, std=STD):
-        self.transform = v2.Compose([v2.Resize(resize, antialias=True), *to_normalized_tensor(mean, std)])
+    margin = 1.0
+
+    def __init__(self, resize):
+        self.transform = v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.ToPureTensor()])
 
     def __call__(self, image):
         return self.transform(image)
@@ -44,11 +52,14 @@ def face_keeping_crop_and_flip(resize):
 class CustomAugmentation:
     """Training preset: a mild random crop that keeps the face, a mirror flip and colour jitter."""
 
-    def __init__(self, resize, mean=MEAN, std=STD):
+    margin = CROP_MARGIN
+
+    def __init__(self, resize):
         self.transform = v2.Compose([
+            v2.ToImage(),
             *face_keeping_crop_and_flip(resize),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03),
-            *to_normalized_tensor(mean, std),
+            v2.ToPureTensor(),
         ])
 
     def __call__(self, image):
@@ -59,11 +70,14 @@ class StrongAugmentation:
     """Strong training preset: the crop and flip, then TrivialAugmentWide (one random operation per photo --
     colour, contrast, sharpness, posterise, rotation, shear... -- at a random strength)."""
 
-    def __init__(self, resize, mean=MEAN, std=STD):
+    margin = CROP_MARGIN
+
+    def __init__(self, resize):
         self.transform = v2.Compose([
+            v2.ToImage(),
             *face_keeping_crop_and_flip(resize),
             v2.TrivialAugmentWide(),
-            *to_normalized_tensor(mean, std),
+            v2.ToPureTensor(),
         ])
 
     def __call__(self, image):
@@ -77,6 +91,12 @@ CUTMIX_MODES = ("box", "vertical")
 def create_transform(name, resize):
     """The named transform (one of AUGMENTATIONS) at `resize` = (height, width)."""
     return AUGMENTATIONS[name](tuple(resize))
+
+
+def decode_size(name, resize):
+    """(height, width) at which the named transform wants its photos decoded: `resize` times its margin."""
+    margin = AUGMENTATIONS[name].margin
+    return tuple(round(side * margin) for side in resize)
 
 
 class BatchMixer:
@@ -115,6 +135,7 @@ class BatchMixer:
             images, kept = self.cut(images, partner)
         else:
             kept = float(self.rng.beta(self.alpha, self.alpha))
+            images = to_unit_float(images)  # a blend of uint8 photos is no longer uint8
             images = kept * images + (1 - kept) * images[partner]
         one_hot = F.one_hot(targets, self.num_classes).to(images.dtype)
         return images, kept * one_hot + (1 - kept) * one_hot[partner]

@@ -3,7 +3,17 @@
 The one place that knows the label scheme: label = mask * 6 + gender * 3 + age, with
 mask 0 wear / 1 incorrect / 2 not worn, gender 0 male / 1 female, age 0 (<30) / 1 (30-59) / 2 (60+).
 Every other file encodes, decodes and composes labels through the functions below.
+
+Photos are decoded once: `DecodedCache` holds a whole list of them, resized, in one uint8 array that later
+epochs, runs and loader workers read instead of decoding JPEGs again (`--cache`, `--cache_dir`).
 """
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
 import re
 from enum import IntEnum
 from pathlib import Path
@@ -13,8 +23,10 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from cli import UserError
+from fileio import atomic_path, write_json
 
 
 class MaskLabel(IntEnum):
@@ -48,6 +60,8 @@ PERSON_FOLDER = re.compile(r"^(?P<id>\d+)_(?P<gender>[^_]+)_(?P<race>[^_]+)_(?P<
 MIN_AGE, MAX_AGE = 1, 120  # anything outside is a typo in the folder name, not a person
 OLD_AGE = 60               # the competition's 60+ boundary
 FOLDS_COLUMNS = ("path", "id", "age", "mask_label", "gender_label", "label", "fold")  # what preprocess.py writes
+CACHE_MODES = ("off", "disk", "ram")
+CACHE_CHUNK = 64  # photos per task of the pool that builds a cache: amortises the pickling, keeps the bar moving
 
 
 def age_band(age, old_age=OLD_AGE):
@@ -150,19 +164,148 @@ def read_image(path):
         return image.convert("RGB")
 
 
-class ImageDataset(Dataset):
-    """Photos by path, with integer targets for training and validation or none for the eval set."""
+def decode_image(path, size=None):
+    """The photo at `path` as a uint8 (H, W, 3) array, resized to `size` = (height, width) unless None."""
+    try:
+        with Image.open(path) as photo:
+            if size is not None:
+                # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers `size`: several times faster.
+                photo.draft("RGB", (size[1], size[0]))
+            image = photo.convert("RGB")
+    except OSError as error:
+        raise UserError(f"cannot decode {path}: {error}") from None
+    if size is not None and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.array(image)
 
-    def __init__(self, paths, targets=None, transform=None):
+
+def decode_chunk(paths, size):
+    return np.stack([decode_image(path, size) for path in paths])
+
+
+def decode_into(array, paths, size):
+    """Decodes the photos at `paths` into the rows of `array` on every core, with a progress bar."""
+    chunks = [paths[start:start + CACHE_CHUNK] for start in range(0, len(paths), CACHE_CHUNK)]
+    processes = min(os.cpu_count() or 1, len(chunks))
+    with (multiprocessing.Pool(processes) if processes > 1 else contextlib.nullcontext()) as pool:
+        decoded = (pool.imap if pool else map)(functools.partial(decode_chunk, size=size), chunks)
+        with tqdm(total=len(paths), desc=f"decoding photos at {size[0]}x{size[1]}", unit="photo") as progress:
+            for start, pixels in zip(range(0, len(paths), CACHE_CHUNK), decoded):
+                array[start:start + len(pixels)] = pixels
+                progress.update(len(pixels))
+
+
+class DecodedCache:
+    """Every photo of a list decoded once at `size` = (height, width) into one uint8 array (N, H, W, 3), by path.
+
+    `disk` keeps it in `directory` as <key>.u8, the raw pixels that numpy.memmap maps, and <key>.json, its manifest
+    (the size, and every photo's path, bytes and mtime_ns), key being a hash of the sorted paths and the size: later
+    epochs, runs and loader workers map the file (the OS page cache shares it) instead of decoding. A cache whose
+    manifest no longer matches the photos is rebuilt. A build writes the pixels under a temporary name, moves them
+    into place, and only then writes the manifest: a build killed halfway leaves no cache that is used. `ram` builds
+    the array in this process's memory for this run alone (loader workers share it by fork).
+    """
+
+    def __init__(self, paths, size, mode="disk", directory=None):
+        self.paths = sorted({os.path.abspath(path) for path in paths})
+        self.rows = {path: row for row, path in enumerate(self.paths)}
+        self.size = tuple(size)
+        self.shape = (len(self.paths), *self.size, 3)
+        self.file = self.array = None
+        if mode == "ram":
+            self.array = np.empty(self.shape, np.uint8)
+            decode_into(self.array, self.paths, self.size)
+        else:
+            key = hashlib.sha1(json.dumps([self.paths, self.size]).encode()).hexdigest()[:16]
+            self.file = Path(directory) / f"{key}.u8"
+            self.build_unless_fresh()
+
+    @property
+    def manifest_file(self):
+        return self.file.with_suffix(".json")
+
+    def manifest(self):
+        """What a cache of the photos as they are now records: the size and each photo's path, bytes and mtime."""
+        stats = [os.stat(path) for path in self.paths]
+        return {"size": list(self.size),
+                "files": [[path, stat.st_size, stat.st_mtime_ns] for path, stat in zip(self.paths, stats)]}
+
+    def is_fresh(self, manifest):
+        return (self.manifest_file.is_file() and self.file.is_file()
+                and self.file.stat().st_size == np.prod(self.shape)
+                and json.loads(self.manifest_file.read_text()) == manifest)
+
+    def build_unless_fresh(self):
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self.file.with_suffix(".lock"), "w")
+        except OSError as error:
+            raise UserError(f"cannot write the decoded-image cache in {self.file.parent} ({error.strerror}): "
+                            "pass a writable --cache_dir, or --cache ram") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time (torchrun ranks, runs started together)
+            manifest = self.manifest()  # taken before decoding: a photo rewritten meanwhile shows as stale next time
+            if self.is_fresh(manifest):
+                return
+            if self.manifest_file.exists():
+                print(f"{self.file} is stale (photos or size changed): rebuilding it")
+                self.manifest_file.unlink()  # the pixels are about to change: nothing may vouch for them meanwhile
+            with atomic_path(self.file) as temporary:
+                pixels = np.memmap(temporary, np.uint8, "w+", shape=self.shape)
+                decode_into(pixels, self.paths, self.size)
+                pixels.flush()
+                del pixels
+            write_json(manifest, self.manifest_file)
+
+    def pixels(self, path):
+        """The photo at `path` as a uint8 (H, W, 3) array."""
+        if self.array is None:
+            self.array = np.memmap(self.file, np.uint8, "r", shape=self.shape)  # mapped once per process
+        return np.array(self.array[self.rows[os.path.abspath(path)]])
+
+    def __getstate__(self):
+        # spawn and forkserver pickle the dataset into each loader worker: a worker maps the file itself
+        return {**self.__dict__, "array": None} if self.file is not None else self.__dict__
+
+
+def open_cache(paths, size, mode, directory):
+    """The DecodedCache of the photos at `paths` at `size` for --cache disk or ram; None for off (decode per item)."""
+    if mode == "off" or not paths:
+        return None
+    return DecodedCache(paths, size, mode, directory)
+
+
+def loader_options(workers, device, persistent=False):
+    """DataLoader options: worker processes (kept between epochs if `persistent`), pinned batches on CUDA for
+    non_blocking copies, and four batches in flight per worker (uint8 batches are small; a deeper queue rides out
+    slow ones)."""
+    options = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers > 0:
+        options.update(persistent_workers=persistent, prefetch_factor=4)
+    return options
+
+
+class ImageDataset(Dataset):
+    """Photos by path as uint8 (3, H, W) tensors, decoded at `size` = (H, W) (None: as stored) -- read from `cache`,
+    a DecodedCache holding them, or decoded per item without one -- then `transform`ed; with integer targets for
+    training and validation or none for the eval set."""
+
+    def __init__(self, paths, targets=None, transform=None, size=None, cache=None):
         self.paths = [Path(path) for path in paths]
         self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
-        self.transform = transform
+        self.transform, self.size, self.cache = transform, size, cache
 
     def __len__(self):
         return len(self.paths)
 
+    def load(self, index):
+        """The photo at `index` as decoded, before the transform: a uint8 (3, H, W) tensor."""
+        path = self.paths[index]
+        pixels = decode_image(path, self.size) if self.cache is None else self.cache.pixels(path)
+        return torch.from_numpy(pixels).permute(2, 0, 1)
+
     def __getitem__(self, index):
-        image = read_image(self.paths[index])
+        image = self.load(index)
         if self.transform is not None:
             image = self.transform(image)
         if self.targets is None:

@@ -4,6 +4,7 @@
     python inference.py                                  # output/output.csv + output/probabilities.csv
     python inference.py --model_dir model/exp model/exp2 --batch_size 128
     python inference.py --fold 0          # the run's held-out fold of data/train/folds.csv: prints its macro F1
+    python inference.py --cache off       # decode every photo anew, writing nothing beside the images
 
 Each run is rebuilt from its own config.json (model, head, resize), so nothing from training has to be
 repeated. Several runs, or a parent folder of runs, are averaged (soft vote). output.csv is info.csv with
@@ -11,8 +12,9 @@ repeated. Several runs, or a parent folder of runs, are averaged (soft vote). ou
 `ImageID` followed by one column per class, `prob_0` ... `prob_17`, each row summing to 1.
 With `--fold K` the eval set is fold K of the folds CSV (ImageID = the photo's path under `--train_dir`):
 the same files are written and the macro F1 on that fold is printed, so TTA views and ensemble weights
-are chosen on validation rather than on the leaderboard. inference_tta.py and ensemble.py share these
-flags and functions.
+are chosen on validation rather than on the leaderboard. Each photo is decoded once at each run's --resize into
+a cache beside the images (`--cache disk`, as train.py does; runs of the same size share it, and so do later
+calls). inference_tta.py and ensemble.py share these flags and functions.
 """
 import json
 import os
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader
 
 import cli
 from augmentation import create_transform
-from dataset import ImageDataset, load_folds, training_targets
+from dataset import CACHE_MODES, ImageDataset, load_folds, loader_options, open_cache, training_targets
 from evaluation import score
 from fileio import load_checkpoint, write_csv
 from model import create_model, load_weights, predict
@@ -46,6 +48,11 @@ def add_common_flags(parser):
     cli.add_flag(runtime, "workers", type=int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
                  help="loader worker processes")
     cli.add_flag(runtime, "device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    cli.add_flag(runtime, "cache", default="disk", choices=CACHE_MODES,
+                 help="decoded photos: disk keeps them in --cache_dir for later calls, ram for this call, off "
+                      "decodes each photo for each run")
+    cli.add_flag(runtime, "cache_dir", default=None,
+                 help="where --cache disk keeps them (default: .cache beside the images folder)")
     held_out = parser.add_argument_group("held-out check (instead of the eval set)")
     cli.add_flag(held_out, "fold", type=int, default=None,
                  help="predict this validation fold of the folds CSV and print its macro F1")
@@ -136,13 +143,23 @@ def read_images(args):
     return read_held_out_fold(args.train_dir, args.csv, args.fold)
 
 
+def cache_dir(args):
+    """--cache_dir, by default .cache beside the folder of the photos predicted (the eval set's or --train_dir)."""
+    if args.cache_dir:
+        return Path(args.cache_dir)
+    return (Path(args.data_dir) if args.fold is None else Path(args.train_dir).parent) / ".cache"
+
+
 def make_loader(dataset, batch_size, workers, device):
-    return DataLoader(dataset, batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
+    return DataLoader(dataset, batch_size, shuffle=False, **loader_options(workers, device))
 
 
-def predict_run(model, config, paths, batch_size, workers, device):
-    """Class probabilities of the photos at `paths`, seen through the run's evaluation transform."""
-    dataset = ImageDataset(paths, transform=create_transform("BaseAugmentation", config["resize"]))
+def predict_run(model, config, paths, batch_size, workers, device, cache="off", cache_dir=None):
+    """Class probabilities of the photos at `paths`, decoded at the run's --resize (kept as `cache` says) and seen
+    through its evaluation transform."""
+    size = tuple(config["resize"])
+    dataset = ImageDataset(paths, transform=create_transform("BaseAugmentation", size), size=size,
+                           cache=open_cache(paths, size, cache, cache_dir))
     return predict(model, make_loader(dataset, batch_size, workers, device), config["head"], device)[0]
 
 
@@ -152,7 +169,8 @@ def predict_runs(run_dirs, paths, args, device, task="all", predict_one=predict_
     total = 0
     for run_dir in run_dirs:
         model, config = load_run(run_dir, device, args.checkpoint, task, args.fold)
-        total = total + predict_one(model, config, paths, args.batch_size, args.workers, device)
+        total = total + predict_one(model, config, paths, args.batch_size, args.workers, device, cache=args.cache,
+                                    cache_dir=cache_dir(args))
     return total / len(run_dirs)
 
 

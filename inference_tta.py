@@ -5,14 +5,15 @@
     python inference_tta.py --tta hflip,scale --tta_views 4 --seed 0
     python inference_tta.py --tta flip --fold 0           # the run's held-out fold: prints its macro F1
 
-Takes inference.py's flags and writes the same output.csv and probabilities.csv. Every photo is decoded
-once and seen through the run's own evaluation transform (BaseAugmentation at its --resize), exactly as in
-training's validation; the named views then act on that normalised batch, so the identity view alone
-reproduces inference.py. Views: `hflip` mirrors the photo; `shift` moves it 6% of its size right and down,
-filling with the mean colour; `scale` zooms into the centre by 10%. Presets: `none` (identity only),
-`flip` (hflip), `default` (hflip, shift, scale). `--tta_views N` adds N random views drawn with the run's
-training augmentation (or `--tta_augmentation`), seeded per photo and view from `--seed`: the same seed
-gives the same probabilities whatever the batch size or number of workers.
+Takes inference.py's flags (the decoded-photo cache included) and writes the same output.csv and
+probabilities.csv. Every photo is decoded once at the run's --resize and seen through its own evaluation
+transform (BaseAugmentation), exactly as in training's validation; the named views then act on that batch,
+as floats in [0, 1] on the device, so the identity view alone reproduces inference.py. Views: `hflip` mirrors
+the photo; `shift` moves it 6% of its size right and down, filling with the mean colour; `scale` zooms into
+the centre by 10%. Presets: `none` (identity only), `flip` (hflip), `default` (hflip, shift, scale).
+`--tta_views N` adds N random views drawn from the decoded photo with the run's training augmentation (or
+`--tta_augmentation`), seeded per photo and view from `--seed`: the same seed gives the same probabilities
+whatever the batch size or number of workers.
 """
 from functools import partial
 
@@ -22,8 +23,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import cli
-from augmentation import AUGMENTATIONS, create_transform
-from dataset import ImageDataset, read_image
+from augmentation import AUGMENTATIONS, MEAN, create_transform, to_unit_float
+from dataset import ImageDataset, open_cache
 from inference import get_args_parser as get_inference_args_parser
 from inference import find_runs, make_loader, predict_runs, print_held_out_score, read_images, write_submission
 from model import logits_to_probabilities
@@ -41,9 +42,11 @@ def hflip(images):
 
 
 def shift(images, fraction=SHIFT):
-    """Moves the images right and down; zero padding is the mean colour once normalised."""
+    """Moves the images (floats in [0, 1]) right and down, filling the uncovered band with the mean colour."""
     height, width = images.shape[-2:]
-    return F.pad(images, (round(width * fraction), 0, round(height * fraction), 0))[..., :height, :width]
+    mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
+    moved = F.pad(images - mean, (round(width * fraction), 0, round(height * fraction), 0))
+    return moved[..., :height, :width] + mean
 
 
 def scale(images, factor=ZOOM):
@@ -75,14 +78,15 @@ def view_seed(seed, view, index):
 
 
 class ViewsDataset(ImageDataset):
-    """Each photo decoded once: its evaluation view followed by `random_views` augmented ones, stacked."""
+    """Each photo decoded once at `size` (read from `cache` when given): its evaluation view followed by
+    `random_views` augmented ones, stacked."""
 
-    def __init__(self, paths, transform, augment, random_views, seed):
-        super().__init__(paths, transform=transform)
+    def __init__(self, paths, size, cache, transform, augment, random_views, seed):
+        super().__init__(paths, transform=transform, size=size, cache=cache)
         self.augment, self.random_views, self.seed = augment, random_views, seed
 
     def __getitem__(self, index):
-        image = read_image(self.paths[index])
+        image = self.load(index)
         views = [self.transform(image)]
         for view in range(self.random_views):
             with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
@@ -93,20 +97,22 @@ class ViewsDataset(ImageDataset):
 
 @torch.no_grad()
 def predict_views(model, config, paths, batch_size, workers, device, views, random_views=0, seed=0,
-                  augmentation=None):
+                  augmentation=None, cache="off", cache_dir=None):
     """Class probabilities of the photos at `paths`, averaged over the views of the evaluation view and over
-    `random_views` photos augmented by `augmentation` (default: the run's training augmentation)."""
+    `random_views` photos augmented by `augmentation` (default: the run's training augmentation); the photos are
+    decoded at the run's --resize, kept as `cache` says."""
     augmentation = augmentation or config.get("augmentation", "BaseAugmentation")
     if random_views and augmentation not in AUGMENTATIONS:
         raise cli.UserError(f"the run's augmentation {augmentation!r} is unknown here: pass --tta_augmentation "
                             f"({', '.join(AUGMENTATIONS)})")
-    dataset = ViewsDataset(paths, create_transform("BaseAugmentation", config["resize"]),
-                           create_transform(augmentation, config["resize"]) if random_views else None,
-                           random_views, seed)
+    size = tuple(config["resize"])
+    dataset = ViewsDataset(paths, size, open_cache(paths, size, cache, cache_dir),
+                           create_transform("BaseAugmentation", size),
+                           create_transform(augmentation, size) if random_views else None, random_views, seed)
     model.eval()
     probabilities = []
     for batch in tqdm(make_loader(dataset, batch_size, workers, device), desc="tta", unit="batch", leave=False):
-        batch = batch.to(device, non_blocking=True)
+        batch = to_unit_float(batch.to(device, non_blocking=True))  # views interpolate and fill: floats
         inputs = [view(batch[:, 0]) for view in views] + list(batch[:, 1:].unbind(dim=1))
         total = sum(logits_to_probabilities(model(images), config["head"]) for images in inputs)
         probabilities.append((total / len(inputs)).float().cpu())

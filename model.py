@@ -5,6 +5,8 @@ efficientnet-pytorch; a `timm:` or `torchvision:` prefix picks the library; othe
 (`resnet18`, `efficientnet_b4`, `convnext_tiny`, ...) and torchvision's list is tried next.
 `--head single` is one linear layer over the classes; `--head multi` is three heads (mask 3, gender 2,
 age 3) whose softmaxes multiply into the 18 class probabilities.
+The model normalises its own input: it takes uint8 batches (or floats in [0, 1]) and converts them on its device,
+so loaders move a quarter of the bytes and the GPU, not the loader's cores, does the arithmetic.
 """
 import re
 
@@ -16,6 +18,7 @@ from efficientnet_pytorch import EfficientNet
 from torch import nn
 from tqdm import tqdm
 
+from augmentation import MEAN, STD, to_unit_float
 from cli import UserError
 from dataset import NUM_CLASSES, TASK_CLASSES, compose_probabilities, split_tasks
 from fileio import load_checkpoint
@@ -105,16 +108,21 @@ def create_backbone(name, pretrained=False, pretrained_path=None):
 
 
 class MaskClassifier(nn.Module):
-    """A backbone's pooled features followed by one linear layer of `output_size(head, task)` logits."""
+    """A backbone's pooled features followed by one linear layer of `output_size(head, task)` logits.
+
+    Takes (N, 3, H, W) images, uint8 or float in [0, 1], and normalises them with the channel statistics it
+    holds as buffers (saved with the weights)."""
 
     def __init__(self, name, head="single", task="all", pretrained=False, pretrained_path=None):
         super().__init__()
         self.head_type = head
         self.backbone, features = create_backbone(name, pretrained, pretrained_path)
         self.head = nn.Linear(features, output_size(head, task))
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
 
     def forward(self, images):
-        return self.head(self.backbone(images))
+        return self.head(self.backbone((to_unit_float(images) - self.mean) / self.std))
 
 
 def freeze_backbone(model, frozen=True):

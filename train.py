@@ -26,15 +26,16 @@ from adamp import AdamP, SGDP
 from timm.utils import ModelEmaV3
 from torch.optim.lr_scheduler import (CosineAnnealingLR, LambdaLR, LinearLR, OneCycleLR, ReduceLROnPlateau,
                                       SequentialLR, StepLR)
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 from torchsampler import ImbalancedDatasetSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import cli
-from augmentation import AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_transform
-from dataset import (NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDataset, decode_label, inverse_frequency, load_folds,
-                     num_target_classes, parse_age_range, training_targets)
+import distributed
+from augmentation import AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_transform, decode_size
+from dataset import (CACHE_MODES, NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDataset, decode_label, inverse_frequency,
+                     load_folds, loader_options, num_target_classes, open_cache, parse_age_range, training_targets)
 from evaluation import score, score_task
 from fileio import load_checkpoint, save_checkpoint, write_csv, write_json
 from loss import CRITERIA, MultiTaskLoss, create_criterion
@@ -45,6 +46,7 @@ OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.o
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
 SAMPLERS = ("none", "weighted", "imbalanced")
 WARMUP_START = 0.01  # warmup's first learning rate, as a fraction of --lr
+AMP_DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def get_args_parser():
@@ -60,7 +62,7 @@ def get_args_parser():
                  help="input height and width, the same at validation and inference")
     cli.add_flag(data, "augmentation", default="CustomAugmentation", choices=list(AUGMENTATIONS),
                  help="training transform (validation always uses BaseAugmentation)")
-    cli.add_flag(data, "batch_size", type=int, default=64, help="training batch size")
+    cli.add_flag(data, "batch_size", type=int, default=64, help="training batch size (per process under torchrun)")
     cli.add_flag(data, "valid_batch_size", type=int, default=256, help="validation batch size")
     cli.add_flag(data, "workers", type=int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
                  help="loader worker processes (default: the cores but one, at most 8)")
@@ -135,6 +137,19 @@ def get_args_parser():
     cli.add_flag(run, "deterministic", action="store_true",
                  help="deterministic cuDNN algorithms on GPU (slower); CPU runs are deterministic anyway")
     cli.add_flag(run, "device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+
+    speed = parser.add_argument_group("speed")
+    cli.add_flag(speed, "cache", default="disk", choices=CACHE_MODES,
+                 help="decode each photo once: disk keeps the pixels in --cache_dir for later epochs and runs, ram "
+                      "for this run; off decodes every photo every epoch")
+    cli.add_flag(speed, "cache_dir", default=None, help="where --cache disk keeps them (default: .cache beside "
+                 "data_dir, i.e. beside folds.csv)")
+    cli.add_flag(speed, "amp", default="off", choices=list(AMP_DTYPES),
+                 help="mixed precision: bf16 (GPU or CPU), fp16 (GPU, with loss scaling), off")
+    cli.add_flag(speed, "channels_last", action="store_true",
+                 help="model and batches in channels-last memory format (faster convolutions on tensor cores)")
+    cli.add_flag(speed, "compile", action="store_true",
+                 help="torch.compile the training model (minutes of compiling first, then faster steps)")
     return parser
 
 
@@ -188,14 +203,15 @@ def training_frame(frame, fold, drop_ages=None):
 
 
 def create_sampler(name, dataset, labels, generator=None):
-    """None (the loader shuffles), or a sampler that draws with replacement, rare classes as often as common ones:
-    weighted by the inverse frequency of the 18-class `labels`, imbalanced by the dataset's own targets."""
+    """A shuffle (what DataLoader's shuffle=True would draw), or a sampler that draws with replacement, rare classes
+    as often as common ones: weighted by the inverse frequency of the 18-class `labels`, imbalanced by the dataset's
+    own targets."""
     if name == "weighted":
         weights = inverse_frequency(labels, NUM_CLASSES)[labels]
         return WeightedRandomSampler(weights, len(labels), generator=generator)
     if name == "imbalanced":
         return ImbalancedDatasetSampler(dataset)
-    return None
+    return RandomSampler(dataset, generator=generator)
 
 
 def build_loaders(args, frame, data_dir, device):
@@ -203,17 +219,26 @@ def build_loaders(args, frame, data_dir, device):
     if args.old_age <= 30:
         raise cli.UserError(f"--old_age {args.old_age} must be over 30, the lower bound of the 30-59 band")
     train_frame, valid_frame = training_frame(frame, args.fold, args.drop_ages), frame[frame["fold"] == args.fold]
+    # Photos decoded once per size (random crops want a margin) into caches of every fold, which each fold reuses.
+    train_size, valid_size = decode_size(args.augmentation, args.resize), tuple(args.resize)
+    all_photos, cache_dir = [data_dir / p for p in frame["path"]], Path(args.cache_dir or data_dir.parent / ".cache")
+    caches = {size: open_cache(all_photos, size, args.cache, cache_dir) for size in {train_size, valid_size}}
     train_set = ImageDataset([data_dir / p for p in train_frame["path"]],
                              training_targets(train_frame, args.task, args.old_age),
-                             create_transform(args.augmentation, args.resize))
+                             create_transform(args.augmentation, args.resize), train_size, caches[train_size])
     valid_set = ImageDataset([data_dir / p for p in valid_frame["path"]], training_targets(valid_frame, args.task),
-                             create_transform("BaseAugmentation", args.resize))
-    common = {"num_workers": args.workers, "pin_memory": device.type == "cuda", "worker_init_fn": seed_worker}
+                             create_transform("BaseAugmentation", args.resize), valid_size, caches[valid_size])
+    # Training workers start afresh each epoch: their augmentation seeds come from the loader generator, which
+    # seed_epoch re-seeds; persistent ones would keep epoch 1's seeds and shift the sampler's draws, so a resumed
+    # run would not replay the epochs it continues. Validation draws nothing random: its workers persist.
+    common = {**loader_options(args.workers, device), "worker_init_fn": seed_worker}
     generator = torch.Generator().manual_seed(args.seed)
-    sampler = create_sampler(args.sampler, train_set, training_targets(train_frame, "all", args.old_age), generator)
-    train_loader = DataLoader(train_set, args.batch_size, shuffle=sampler is None, sampler=sampler,
-                              drop_last=len(train_set) > args.batch_size, generator=generator, **common)
-    valid_loader = DataLoader(valid_set, args.valid_batch_size, shuffle=False, **common)
+    labels = training_targets(train_frame, "all", args.old_age)
+    sampler = distributed.shard(create_sampler(args.sampler, train_set, labels, generator))  # this rank's share
+    train_loader = DataLoader(train_set, args.batch_size, sampler=sampler, drop_last=len(sampler) > args.batch_size,
+                              generator=generator, **common)
+    valid_loader = DataLoader(valid_set, args.valid_batch_size, shuffle=False,
+                              **loader_options(args.workers, device, persistent=True))
     return train_loader, valid_loader
 
 
@@ -275,30 +300,52 @@ def create_ema(args, model):
     return ModelEmaV3(model, decay=args.ema)
 
 
+def create_grad_scaler(amp, device):
+    """The loss scaling that --amp fp16 needs against underflowing gradients (a pass-through otherwise)."""
+    if amp == "fp16" and device.type == "cpu":
+        raise cli.UserError("--amp fp16 is for GPUs (CPUs lack fast float16 arithmetic): use --amp bf16 on CPU")
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def place_model(model, device, channels_last=False):
+    """The model on the device, its weights in channels-last memory format if asked."""
+    return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+
+
 class DivergedError(Exception):
     """The training loss stopped being a finite number."""
 
 
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, epoch, mixer=None, clip_grad=0.0,
-                    ema=None, frozen=False):
+                    ema=None, frozen=False, amp="off", scaler=None, channels_last=False):
     """One pass over the training loader, batches mixed by `mixer`, gradients clipped to the norm `clip_grad`
-    (0: not), `ema` updated after every step and the backbone `frozen` or not; returns the mean training loss."""
+    (0: not), `ema` updated after every step and the backbone `frozen` or not; the forward pass under `amp`
+    autocast, the loss scaled by `scaler` (create_grad_scaler), batches in channels-last format if asked.
+    Returns the mean training loss."""
+    scaler = create_grad_scaler(amp, device) if scaler is None else scaler
     model.train()
-    freeze_backbone(model, frozen)
+    freeze_backbone(distributed.unwrap(model), frozen)
     total_loss, seen = 0.0, 0
     progress = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False)
     for images, targets in progress:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)  # on the device, not the loader's cores
         if mixer is not None:
             images, targets = mixer(images, targets)
-        loss = criterion(model(images), targets)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"loss became {loss.item()} at epoch {epoch}")
+        with torch.autocast(device.type, AMP_DTYPES[amp], enabled=amp != "off"):
+            logits = model(images)
+        loss = criterion(logits.float(), targets)  # the loss in float32 whatever the autocast
+        mean_loss = distributed.mean(loss.item())  # over the ranks: one rank's NaN stops them all at this step
+        if not math.isfinite(mean_loss):
+            raise DivergedError(f"loss became {mean_loss} at epoch {epoch}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if clip_grad:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        optimizer.step()
+        scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+        scaler.update()
         if ema is not None:
             ema.update(model)
         if not isinstance(scheduler, ReduceLROnPlateau):
@@ -361,7 +408,8 @@ def train_fold(args, frame, run_dir, fold, resume=False):
     args.fold = fold
     seed_everything(args.seed)
     device = torch.device(args.device)
-    model = create_model(vars(args)).to(device)
+    model = place_model(create_model(vars(args)), device, args.channels_last)
+    scaler = create_grad_scaler(args.amp, device)
     train_loader, valid_loader = build_loaders(args, frame, Path(args.data_dir), device)
     criterion = create_training_criterion(args, train_loader.dataset.targets).to(device)
     optimizer = create_optimizer(args, model.parameters())
@@ -369,13 +417,17 @@ def train_fold(args, frame, run_dir, fold, resume=False):
     mixer = BatchMixer(num_target_classes(args.task), args.mixup, args.cutmix, args.mix_alpha, args.cutmix_mode,
                        args.cutmix_ratio, np.random.default_rng(args.seed))
     ema = create_ema(args, model)
+    if args.compile:
+        model.compile()  # in place, after the EMA's copy: the state_dict keys, and so the checkpoints, stay the same
+    trained = distributed.wrap(model, find_unused_parameters=args.freeze_epochs > 0)  # gradients averaged over ranks
 
-    run_dir.mkdir(parents=True, exist_ok=resume)
-    write_json({**vars(args), "run_dir": str(run_dir)}, run_dir / "config.json")
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=resume)
+        write_json({**vars(args), "run_dir": str(run_dir)}, run_dir / "config.json")
     print(f"run {run_dir}: {len(train_loader.dataset)} training and {len(valid_loader.dataset)} validation "
           f"images, {args.model} ({args.head} head, task {args.task}) on {device}")
 
-    writer = SummaryWriter(run_dir)
+    writer = SummaryWriter(run_dir) if distributed.is_main() else None
     progress = {"epoch": 0, "best_f1": -math.inf, "epochs_without_improvement": 0, "history": []}
     if resume and (run_dir / "last.pth").is_file():
         progress = restore_progress(run_dir / "last.pth", model, optimizer, scheduler, ema)
@@ -386,22 +438,29 @@ def train_fold(args, frame, run_dir, fold, resume=False):
         started = time.time()
         seed_epoch(args.seed, epoch, train_loader, mixer)
         try:
-            train_loss = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch, mixer,
-                                         args.clip_grad, ema, frozen=epoch <= args.freeze_epochs)
+            train_loss = train_one_epoch(trained, train_loader, criterion, optimizer, scheduler, device, epoch, mixer,
+                                         args.clip_grad, ema, frozen=epoch <= args.freeze_epochs, amp=args.amp,
+                                         scaler=scaler, channels_last=args.channels_last)
         except DivergedError as error:
             kept = (f"{run_dir / 'last.pth'} keeps epoch {progress['epoch']}" if progress["epoch"]
                     else "no epoch had finished, so no checkpoint was written")
             raise cli.UserError(f"{error}: stopped; {kept}; lower --lr or change --criterion") from None
         evaluated = model if ema is None else ema.module  # with --ema, the averaged weights are validated and saved
-        metrics, probabilities = validate(evaluated, valid_loader, criterion, args.head, args.task, device)
+        # Rank 0 validates the weights it saves, on the whole fold, and hands every rank its metrics: the other
+        # ranks' batch-norm statistics differ (each saw its own batches), and the same metrics give every rank the
+        # same plateau step and early stop.
+        metrics, probabilities = distributed.run_on_main(validate, evaluated, valid_loader, criterion, args.head,
+                                                         args.task, device)
         if isinstance(scheduler, ReduceLROnPlateau):
             scheduler.step(metrics["val_f1"])
         improved = metrics["val_f1"] > progress["best_f1"]
-        row = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": scheduler.get_last_lr()[0],
-               "seconds": time.time() - started}
+        row = {"epoch": epoch, "train_loss": distributed.mean(train_loss), **metrics,
+               "lr": scheduler.get_last_lr()[0], "seconds": time.time() - started}
         progress = {"epoch": epoch, "best_f1": max(progress["best_f1"], metrics["val_f1"]),
                     "epochs_without_improvement": 0 if improved else progress["epochs_without_improvement"] + 1,
                     "history": progress["history"] + [row]}
+        if not distributed.is_main():
+            continue  # rank 0 alone writes checkpoints and logs
         state = {"model": evaluated.state_dict(), "epoch": epoch, "metrics": metrics, "config": vars(args)}
         if improved:
             save_checkpoint({**state, "valid_probabilities": probabilities}, run_dir / "best.pth")
@@ -410,8 +469,10 @@ def train_fold(args, frame, run_dir, fold, resume=False):
                          "progress": progress, **({"training_model": model.state_dict()} if ema is not None else {})},
                         run_dir / "last.pth")
         log_epoch(run_dir, writer, progress["history"], row)
-    writer.close()
+    if writer is not None:
+        writer.close()
     print(f"best val_f1 {progress['best_f1']:.4f}; checkpoints in {run_dir}")
+    distributed.barrier()  # rank 0 has written best.pth
     return load_checkpoint(run_dir / "best.pth")["valid_probabilities"]
 
 
@@ -427,6 +488,8 @@ def train_all_folds(args, frame, run_dir, resume=False):
             "predicted": probabilities.argmax(dim=1).numpy(),
             **{f"prob_{k}": probabilities[:, k].numpy() for k in range(probabilities.shape[1])}}))
     oof = pd.concat(parts, ignore_index=True)
+    if not distributed.is_main():
+        return  # rank 0 alone writes the out-of-fold files
     write_csv(oof, run_dir / "oof.csv")
     metrics = score_targets(oof["label"].to_numpy(), oof["predicted"].to_numpy(), args.task)
     metrics["fold_f1"] = [score_targets(part["label"], part["predicted"], args.task)["f1"] for part in parts]
@@ -440,7 +503,8 @@ def resumed_args(run_dir):
     """The saved arguments of an interrupted run: a single-fold run, or a --fold all parent of fold runs."""
     for config_path, fold in ((run_dir / "config.json", None), (run_dir / "fold0" / "config.json", "all")):
         if config_path.is_file():
-            args = argparse.Namespace(**json.loads(config_path.read_text()))
+            defaults = vars(get_args_parser().parse_args([]))  # for flags added since the run was saved
+            args = argparse.Namespace(**{**defaults, **json.loads(config_path.read_text())})
             args.fold = fold if fold is not None else args.fold
             return args
     raise cli.UserError(f"{run_dir} is not a run directory (no config.json): pass the folder train.py made")
@@ -451,16 +515,20 @@ def main():
     resume = args.resume is not None
     if resume:
         run_dir, args = Path(args.resume), resumed_args(Path(args.resume))
-    configure_determinism(args.deterministic)
-    data_dir = Path(args.data_dir)
-    args.csv = str(Path(args.csv) if args.csv else data_dir.parent / "folds.csv")
-    frame = load_folds(Path(args.csv), data_dir, args.fold)
-    if not resume:
-        run_dir = next_run_dir(args.model_dir, args.name)
-    if args.fold == "all":
-        train_all_folds(args, frame, run_dir, resume)
-    else:
-        train_fold(args, frame, run_dir, args.fold, resume)
+    args.device = distributed.setup(args.device)  # under torchrun: join the other ranks, one GPU per local rank
+    try:
+        configure_determinism(args.deterministic)
+        data_dir = Path(args.data_dir)
+        args.csv = str(Path(args.csv) if args.csv else data_dir.parent / "folds.csv")
+        frame = load_folds(Path(args.csv), data_dir, args.fold)
+        if not resume:
+            run_dir = distributed.run_on_main(next_run_dir, args.model_dir, args.name)  # rank 0's choice, for all
+        if args.fold == "all":
+            train_all_folds(args, frame, run_dir, resume)
+        else:
+            train_fold(args, frame, run_dir, args.fold, resume)
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""Scale-out with torchrun: rank shards of every sampler, one run directory written by rank 0, and validation
+metrics equal to a single process's evaluation of the saved weights."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import train
+from conftest import REPO_ROOT
+from dataset import ImageDataset, load_folds
+from distributed import ShardSampler, shard
+from fileio import load_checkpoint
+from model import create_model, load_weights
+
+TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
+                 "--workers", "0"]
+WORLD_SIZE = 2
+
+
+def torchrun(*args):
+    """train.py under `torchrun --standalone` (a free port of its own) with two CPU processes (gloo)."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={WORLD_SIZE}", str(REPO_ROOT / "train.py"), *map(str, args)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+
+
+def rank_shards(make_sampler):
+    """What each rank iterates: its ShardSampler of its own sampler, made and seeded as on every rank."""
+    return [list(ShardSampler(make_sampler(), rank, WORLD_SIZE)) for rank in range(WORLD_SIZE)]
+
+
+def sampler_like_every_rank(name, size):
+    """train.py's sampler over `size` images, after seed_epoch has seeded torch and the loader's generator from
+    (seed, epoch), identically on every rank."""
+    labels = np.arange(size) % 4 * 5  # four classes, for the weighted and imbalanced samplers
+    dataset = ImageDataset([f"{k}.jpg" for k in range(size)], labels)
+    torch.manual_seed(0)
+    return train.create_sampler(name, dataset, labels, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("size", [10, 11])
+@pytest.mark.parametrize("name", ["none", "weighted", "imbalanced"])
+def test_ranks_take_alternate_positions_of_one_identical_draw(name, size):
+    draw = list(sampler_like_every_rank(name, size))
+    shards = rank_shards(lambda: sampler_like_every_rank(name, size))
+    assert [len(part) for part in shards] == [math.ceil(size / WORLD_SIZE)] * WORLD_SIZE  # as many steps each
+    interleaved = [index for step in zip(*shards) for index in step]
+    assert interleaved == draw + draw[:len(interleaved) - len(draw)]  # the draw, padded with its beginning
+
+
+def test_shuffle_shards_are_disjoint_and_cover_every_image():
+    shards = rank_shards(lambda: sampler_like_every_rank("none", 10))
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+    assert set().union(*rank_shards(lambda: sampler_like_every_rank("none", 11))) == set(range(11))
+
+
+def test_a_single_process_keeps_the_whole_sampler():
+    sampler = sampler_like_every_rank("weighted", 10)
+    assert shard(sampler) is sampler
+
+
+@pytest.fixture(scope="module")
+def distributed_run(sample_data, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("distributed")
+    result = torchrun("--data_dir", sample_data / "train/images", "--model_dir", model_dir, *TINY_TRAINING)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir, result
+
+
+def test_torchrun_writes_exactly_one_run_directory(distributed_run):
+    model_dir, result = distributed_run
+    assert [path.name for path in model_dir.iterdir()] == ["exp"]
+    files = [path.name for path in (model_dir / "exp").iterdir()]
+    assert {"config.json", "best.pth", "last.pth", "summary.csv"} <= set(files)
+    assert sum(name.startswith("events.out.tfevents") for name in files) == 1  # one TensorBoard writer
+    assert result.stdout.count("best val_f1") == 1  # rank 0 alone prints
+
+
+def test_distributed_validation_f1_equals_a_single_process_evaluation_of_best_pth(distributed_run):
+    run = distributed_run[0] / "exp"
+    args = train.resumed_args(run)  # the run's own arguments
+    frame = load_folds(Path(args.csv), Path(args.data_dir), args.fold)
+    train_loader, valid_loader = train.build_loaders(args, frame, Path(args.data_dir), torch.device("cpu"))
+    best = load_checkpoint(run / "best.pth")
+    model = create_model(vars(args), initial_weights=False)
+    load_weights(model, best["model"], run / "best.pth")
+    criterion = train.create_training_criterion(args, train_loader.dataset.targets)
+    metrics, probabilities = train.validate(model, valid_loader, criterion, args.head, args.task, torch.device("cpu"))
+    summary = pd.read_csv(run / "summary.csv").set_index("epoch")
+    assert metrics["val_f1"] == pytest.approx(summary.loc[best["epoch"], "val_f1"], abs=1e-9)
+    assert metrics["val_loss"] == pytest.approx(summary.loc[best["epoch"], "val_loss"], rel=1e-5)
+    assert torch.allclose(probabilities, best["valid_probabilities"], atol=1e-6)  # every image, in order
+
+
+def test_torchrun_resumes_a_run_in_its_own_directory(distributed_run, tmp_path):
+    run = tmp_path / "exp"
+    shutil.copytree(distributed_run[0] / "exp", run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "epochs": 2}))  # as if killed after epoch 1 of 2
+    result = torchrun("--resume", run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [path.name for path in tmp_path.iterdir()] == ["exp"]
+    assert result.stdout.count("resumed") == 1
+    summary, first = pd.read_csv(run / "summary.csv"), pd.read_csv(distributed_run[0] / "exp/summary.csv")
+    assert list(summary["epoch"]) == [1, 2]
+    pd.testing.assert_frame_equal(summary.iloc[:1], first)

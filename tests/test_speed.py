@@ -1,0 +1,143 @@
+"""Decode once, keep the model busy: the decoded-image cache, mixed precision, channels-last and the benchmark."""
+import json
+import os
+import re
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import dataset
+import train
+from augmentation import BatchMixer, create_transform, decode_size
+from cli import UserError
+from conftest import run_script
+from dataset import CACHE_MODES, NUM_CLASSES, DecodedCache, ImageDataset, decode_image, load_folds, open_cache
+from model import MaskClassifier
+
+RESIZE = (64, 48)
+TINY = ["--model", "test_resnet", "--resize", "64", "48", "--batch_size", "16", "--workers", "0", "--epochs", "1"]
+
+
+def some_photos(sample_data, count, folder=None):
+    """The first `count` training photos, copied into `folder` when the test changes them."""
+    photos = sorted((sample_data / "train/images").glob("*/*.jpg"))[:count]
+    if folder is None:
+        return photos
+    folder.mkdir()
+    return [shutil.copy(photo, folder / f"{k}.jpg") for k, photo in enumerate(photos)]
+
+
+def rewrite(path, colour):
+    """A new photo under the same name: other bytes and a later modification time."""
+    Image.new("RGB", (384, 512), colour).save(path)
+
+
+def run_main(monkeypatch, *flags):
+    monkeypatch.setattr(sys, "argv", ["train.py", *map(str, flags)])
+    train.main()
+
+
+@pytest.mark.parametrize("augmentation", ["BaseAugmentation", "CustomAugmentation"])
+def test_cached_and_uncached_loaders_yield_identical_tensors(sample_data, tmp_path, augmentation):
+    paths, size = some_photos(sample_data, 8), decode_size(augmentation, RESIZE)
+    batches = {}
+    for mode in CACHE_MODES:
+        images = ImageDataset(paths, range(len(paths)), create_transform(augmentation, RESIZE), size,
+                              open_cache(paths, size, mode, tmp_path))
+        torch.manual_seed(0)  # the same draws for the random preset
+        batches[mode] = torch.cat([batch for batch, _ in DataLoader(images, batch_size=4)])
+    assert batches["off"].dtype == torch.uint8 and batches["off"].shape == (len(paths), 3, *RESIZE)
+    assert torch.equal(batches["disk"], batches["off"]) and torch.equal(batches["ram"], batches["off"])
+
+
+def test_a_rewritten_photo_or_another_resize_rebuilds_the_cache(sample_data, tmp_path, capsys):
+    paths = some_photos(sample_data, 3, tmp_path / "photos")
+    first = DecodedCache(paths, RESIZE, "disk", tmp_path / "cache")
+    assert np.array_equal(first.pixels(paths[0]), decode_image(paths[0], RESIZE))
+    rewrite(paths[0], (250, 20, 20))
+    again = DecodedCache(paths, RESIZE, "disk", tmp_path / "cache")
+    assert again.file == first.file and "stale" in capsys.readouterr().out
+    assert np.array_equal(again.pixels(paths[0]), decode_image(paths[0], RESIZE))
+    assert again.pixels(paths[0])[..., 0].min() > 200  # the new, red photo
+
+    stat = os.stat(paths[1])
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: same bytes, later mtime
+    DecodedCache(paths, RESIZE, "disk", tmp_path / "cache")
+    assert "stale" in capsys.readouterr().out
+    DecodedCache(paths, RESIZE, "disk", tmp_path / "cache")
+    assert "stale" not in capsys.readouterr().out  # fresh now: mapped, not rebuilt
+
+    smaller = DecodedCache(paths, (32, 24), "disk", tmp_path / "cache")
+    assert smaller.file != first.file and smaller.pixels(paths[2]).shape == (32, 24, 3)
+
+
+def test_an_interrupted_build_leaves_no_cache_that_is_used(sample_data, tmp_path, monkeypatch):
+    paths = some_photos(sample_data, 3, tmp_path / "photos")
+    stale = DecodedCache(paths, RESIZE, "disk", tmp_path / "cache")
+    rewrite(paths[0], (20, 250, 20))
+    decode = dataset.decode_image
+
+    def killed_on_the_last_photo(path, size=None):
+        if path == stale.paths[-1]:
+            raise KeyboardInterrupt
+        return decode(path, size)
+
+    monkeypatch.setattr(dataset, "decode_image", killed_on_the_last_photo)
+    with pytest.raises(KeyboardInterrupt):
+        DecodedCache(paths, RESIZE, "disk", tmp_path / "cache")
+    monkeypatch.undo()
+    assert not stale.manifest_file.exists()  # the old pixels lost their manifest before the rebuild began
+    assert not [path for path in (tmp_path / "cache").iterdir() if path.suffix == ".tmp"]
+    rebuilt = DecodedCache(paths, RESIZE, "disk", tmp_path / "cache")
+    assert np.array_equal(rebuilt.pixels(paths[0]), decode_image(paths[0], RESIZE))
+
+
+def test_the_model_takes_uint8_and_unit_float_batches_alike():
+    model = MaskClassifier("test_resnet").eval()
+    images = torch.randint(0, 256, (2, 3, *RESIZE), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(model(images), model(images.float() / 255), atol=1e-5)
+    assert {"mean", "std"} <= set(model.state_dict())  # the statistics travel with the weights
+
+
+def test_a_training_epoch_replays_identically_with_loader_workers(sample_data):
+    """What resuming needs: epoch 2 draws the same batches after epoch 1 as from a fresh start."""
+    args = train.get_args_parser().parse_args([*TINY, "--workers", "1", "--augmentation", "StrongAugmentation"])
+    data_dir = sample_data / "train/images"
+    frame = load_folds(sample_data / "train/folds.csv", data_dir, 0)
+
+    def epoch_images(loader, epoch):
+        train.seed_epoch(args.seed, epoch, loader, BatchMixer(NUM_CLASSES))
+        return torch.cat([images for images, _ in loader])
+
+    continued, _ = train.build_loaders(args, frame, data_dir, torch.device("cpu"))
+    epoch_images(continued, 1)
+    resumed, _ = train.build_loaders(args, frame, data_dir, torch.device("cpu"))
+    assert torch.equal(epoch_images(resumed, 2), epoch_images(continued, 2))
+
+
+def test_bf16_and_channels_last_train_on_cpu_and_are_recorded(sample_data, tmp_path, monkeypatch):
+    run_main(monkeypatch, "--data_dir", sample_data / "train/images", "--model_dir", tmp_path, *TINY,
+             "--amp", "bf16", "--channels_last")
+    config = json.loads((tmp_path / "exp/config.json").read_text())
+    assert config["amp"] == "bf16" and config["channels_last"] is True and config["cache"] == "disk"
+    assert (tmp_path / "exp/best.pth").is_file()
+
+
+def test_fp16_on_cpu_is_a_one_line_error(sample_data, tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="--amp fp16") as error:
+        run_main(monkeypatch, "--data_dir", sample_data / "train/images", "--model_dir", tmp_path, *TINY,
+                 "--amp", "fp16", "--device", "cpu")
+    assert "\n" not in str(error.value) and not (tmp_path / "exp").exists()
+
+
+def test_benchmark_ends_with_two_numbers():
+    result = run_script("benchmark.py", "--photos", "32", "--steps", "2", "--resize", "64", "48", "--model",
+                        "test_resnet", "--batch_size", "16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.fullmatch(r"loader_speedup \d+\.\d+ e2e_ratio \d+\.\d+", result.stdout.strip().splitlines()[-1])
