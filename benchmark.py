@@ -7,10 +7,10 @@
 - loader: images/s of the naive per-item pipeline the cache replaced (PIL decode of the whole photo, Resize,
   ToTensor, Normalize) against loaders on the decoded-image cache (built first, timed apart): with
   BaseAugmentation (like for like: what decoding once saves) and with the training --augmentation (the training
-  loader); each with --workers processes, so the ratios hold per worker.
-- training: images/s of train.train_one_epoch fed by the training loader (end to end) against the same steps fed
-  by a random uint8 batch already in memory (the model alone), the best of two interleaved rounds each; the ratio
-  says how much the loader holds the model back.
+  loader: its per-photo transforms); each with --workers processes, so the ratios hold per worker.
+- training: images/s of train.train_one_epoch fed by the training loader, the preset's colour jitter of each batch
+  included (end to end), against the same steps fed by a random uint8 batch already in memory, without jitter (the
+  model alone), the best of two interleaved rounds each; the ratio says how much the data hold the model back.
 - inference: images/s at --batch_size and the median latency of one photo, in eval mode without gradients.
 - memory: the peak resident set of this process and of the finished loader workers after each part (the cache is
   a mapped file: its pages count where they are read), and the peak GPU memory of each part on CUDA.
@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 
 import cli
 import train
-from augmentation import AUGMENTATIONS, MEAN, STD, create_transform, decode_size
+from augmentation import AUGMENTATIONS, MEAN, STD, create_batch_jitter, create_transform, decode_size
 from dataset import IMAGE_EXTENSIONS, NUM_CLASSES, ImageDataset, loader_options, open_cache, read_image
 from generate_sample import generate
 from model import create_model
@@ -111,16 +111,16 @@ def images_per_second(loader, passes=2):
     return seen / (time.perf_counter() - started)
 
 
-def training_rate(model, batches, device, images):
-    """Images/s of train.train_one_epoch over `batches` (a loader or a list) of `images` in all, after one untimed
-    warm-up step."""
+def training_rate(model, batches, device, images, jitter=None):
+    """Images/s of train.train_one_epoch over `batches` (a loader or a list) of `images` in all, colour-jittered by
+    `jitter` if given, after one untimed warm-up step."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     criterion = torch.nn.CrossEntropyLoss()
-    train.train_one_epoch(model, [next(iter(batches))], criterion, optimizer, scheduler, device, 0)
+    train.train_one_epoch(model, [next(iter(batches))], criterion, optimizer, scheduler, device, 0, jitter=jitter)
     synchronize(device)
     started = time.perf_counter()
-    train.train_one_epoch(model, batches, criterion, optimizer, scheduler, device, 1)
+    train.train_one_epoch(model, batches, criterion, optimizer, scheduler, device, 1, jitter=jitter)
     synchronize(device)
     return images / (time.perf_counter() - started)
 
@@ -166,8 +166,9 @@ def compare_loaders(args, paths, cache_dir, device):
     for augmentation in dict.fromkeys(["BaseAugmentation", args.augmentation]):  # like for like, then training's
         dataset = cached_dataset(paths, augmentation, args.resize, cache_dir)
         cached = images_per_second(DataLoader(dataset, args.batch_size, **options))
-        print(f"loader cached     {cached / per_worker:8.0f} images/s per worker ({augmentation} on the cache): "
-              f"{cached / naive:.2f}x; {peak_memory(device)}")
+        jitter = "; its colour jitter is per batch, in training below" if create_batch_jitter(augmentation) else ""
+        print(f"loader cached     {cached / per_worker:8.0f} images/s per worker ({augmentation} on the cache{jitter}):"
+              f" {cached / naive:.2f}x; {peak_memory(device)}")
     return dataset, cached / naive
 
 
@@ -180,13 +181,13 @@ def compare_training(args, dataset, device):
     sampler = RandomSampler(dataset, num_samples=args.steps * args.batch_size)
     loader = DataLoader(dataset, args.batch_size, sampler=sampler, drop_last=True,
                         **loader_options(args.workers, device, persistent=True))
-    images = args.steps * args.batch_size
-    rates = [(training_rate(model, in_memory, device, images), training_rate(model, loader, device, images))
+    images, jitter = args.steps * args.batch_size, create_batch_jitter(args.augmentation)
+    rates = [(training_rate(model, in_memory, device, images), training_rate(model, loader, device, images, jitter))
              for _ in range(ROUNDS)]
     model_only, end_to_end = (max(rate) for rate in zip(*rates))
     print(f"train model-only  {model_only:8.1f} images/s (a random uint8 batch in memory)")
-    print(f"train end-to-end  {end_to_end:8.1f} images/s (the cached loader): {end_to_end / model_only:.2f}x the "
-          f"model alone; {peak_memory(device)}")
+    print(f"train end-to-end  {end_to_end:8.1f} images/s (the cached loader{', batch colour jitter' if jitter else ''}"
+          f"): {end_to_end / model_only:.2f}x the model alone; {peak_memory(device)}")
     return model, end_to_end / model_only
 
 

@@ -25,7 +25,12 @@ def is_distributed():
 
 def is_main():
     """Whether this process writes and prints: rank 0, or the only process."""
-    return not is_distributed() or dist.get_rank() == 0
+    return rank() == 0
+
+
+def rank():
+    """This process's rank: 0 in one process."""
+    return dist.get_rank() if is_distributed() else 0
 
 
 def setup(device):
@@ -70,27 +75,33 @@ def unwrap(model):
 
 
 class ShardSampler(Sampler):
-    """One rank's share of another sampler's draw: every rank draws the whole index list identically (train.py
-    seeds every generator from (seed, epoch) on every rank) and keeps every world_size-th position from its rank
-    on. The list is padded with its own beginning to a multiple of world_size, so that all ranks take as many
-    steps: DistributedDataParallel's gradient averaging waits for every rank at every step."""
+    """One rank's share of another sampler's draw: every rank draws the whole index list identically and keeps
+    every world_size-th position from its rank on. The list is padded with its own beginning to a multiple of
+    world_size, so that all ranks take as many steps: DistributedDataParallel's gradient averaging waits for every
+    rank at every step.
 
-    def __init__(self, sampler, rank, world_size):
-        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+    The draw is identical because it comes from `generator`, which train.py seeds from (seed, epoch) on every rank:
+    samplers that draw from it directly, and those that draw from torch's global generator (torchsampler's) under a
+    seed taken from it, since the global generator differs from rank to rank (it augments)."""
+
+    def __init__(self, sampler, rank, world_size, generator):
+        self.sampler, self.rank, self.world_size, self.generator = sampler, rank, world_size, generator
 
     def __len__(self):
         return math.ceil(len(self.sampler) / self.world_size)
 
     def __iter__(self):
-        indices = list(itertools.islice(itertools.cycle(self.sampler), len(self) * self.world_size))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (), generator=self.generator)))
+            indices = list(itertools.islice(itertools.cycle(self.sampler), len(self) * self.world_size))
         return iter(indices[self.rank::self.world_size])
 
 
-def shard(sampler):
-    """This rank's ShardSampler of `sampler`; the sampler itself in one process."""
+def shard(sampler, generator):
+    """This rank's ShardSampler of `sampler`, drawn from `generator`; the sampler itself in one process."""
     if not is_distributed():
         return sampler
-    return ShardSampler(sampler, dist.get_rank(), dist.get_world_size())
+    return ShardSampler(sampler, rank(), dist.get_world_size(), generator)
 
 
 def run_on_main(function, *args):

@@ -13,7 +13,8 @@ the photo; `shift` moves it 6% of its size right and down, filling with the mean
 the centre by 10%. Presets: `none` (identity only), `flip` (hflip), `default` (hflip, shift, scale).
 `--tta_views N` adds N random views drawn from the decoded photo with the run's training augmentation (or
 `--tta_augmentation`), seeded per photo and view from `--seed`: the same seed gives the same probabilities
-whatever the batch size or number of workers.
+whatever the batch size or number of workers. These are its per-photo transforms (CustomAugmentation's crop
+and flip); the colour jitter that training applies to whole batches is not a view.
 """
 from functools import partial
 

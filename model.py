@@ -25,6 +25,7 @@ from fileio import load_checkpoint
 
 HEADS = ("single", "multi")
 EFFICIENTNET_PYTORCH = re.compile(r"^efficientnet-(b[0-8]|l2)$")
+AMP_DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def output_size(head, task):
@@ -163,15 +164,26 @@ def load_weights(model, state_dict, source):
     model.load_state_dict(state_dict)
 
 
+def autocast(device, amp):
+    """The mixed precision of `--amp` (off, bf16 or fp16) for forward passes on `device`."""
+    return torch.autocast(device.type, AMP_DTYPES[amp], enabled=amp != "off")
+
+
+def to_memory_format(images, channels_last):
+    """A batch in channels-last memory format if asked (done on the device, not by the loader's cores)."""
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 @torch.no_grad()
-def predict(model, loader, head, device, criterion=None):
-    """Class probabilities (N, C) of every image in loader order; with a criterion (and a loader that
-    yields targets) also the mean loss."""
+def predict(model, loader, head, device, criterion=None, amp="off", channels_last=False):
+    """Class probabilities (N, C) of every image in loader order, the forward pass under `amp` autocast and in
+    channels-last format if asked; with a criterion (and a loader that yields targets) also the mean loss."""
     model.eval()
     probabilities, total_loss, seen = [], 0.0, 0
     for batch in tqdm(loader, desc="predict", unit="batch", leave=False):
         images = (batch[0] if criterion is not None else batch).to(device, non_blocking=True)
-        logits = model(images)
+        with autocast(device, amp):
+            logits = model(to_memory_format(images, channels_last)).float()
         if criterion is not None:
             total_loss += criterion(logits, batch[1].to(device)).item() * len(images)
             seen += len(images)

@@ -12,12 +12,14 @@ prints train loss, validation loss, macro F1 over the 18 classes, the per-task F
 """
 import argparse
 import copy
+import functools
 import json
 import math
 import os
 import random
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -33,20 +35,21 @@ from tqdm import tqdm
 
 import cli
 import distributed
-from augmentation import AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_transform, decode_size
+from augmentation import (AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_batch_jitter, create_transform,
+                          decode_size)
 from dataset import (CACHE_MODES, NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDataset, decode_label, inverse_frequency,
                      load_folds, loader_options, num_target_classes, open_cache, parse_age_range, training_targets)
 from evaluation import score, score_task
 from fileio import load_checkpoint, save_checkpoint, write_csv, write_json
 from loss import CRITERIA, MultiTaskLoss, create_criterion
-from model import HEADS, create_model, freeze_backbone, load_weights, predict
+from model import (AMP_DTYPES, HEADS, autocast, create_model, freeze_backbone, load_weights, predict,
+                   to_memory_format)
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
               "sgdp": SGDP, "adamp": AdamP}
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
 SAMPLERS = ("none", "weighted", "imbalanced")
 WARMUP_START = 0.01  # warmup's first learning rate, as a fraction of --lr
-AMP_DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def get_args_parser():
@@ -172,9 +175,11 @@ def configure_determinism(deterministic):
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def seed_worker(worker_id):
-    """Gives each loader worker its own numpy and python seed, derived from the loader's generator."""
-    worker_seed = torch.initial_seed() % 2**32
+def seed_worker(worker_id, rank=0):
+    """Seeds a loader worker's torch, numpy and python generators from the loader's generator (which gave this
+    worker its torch seed) and the process's `rank`, so that no two workers of any rank augment alike."""
+    worker_seed = int(np.random.SeedSequence([torch.initial_seed(), rank]).generate_state(1)[0])
+    torch.manual_seed(worker_seed)
     np.random.seed(worker_seed)
     random.seed(worker_seed)
 
@@ -231,10 +236,11 @@ def build_loaders(args, frame, data_dir, device):
     # Training workers start afresh each epoch: their augmentation seeds come from the loader generator, which
     # seed_epoch re-seeds; persistent ones would keep epoch 1's seeds and shift the sampler's draws, so a resumed
     # run would not replay the epochs it continues. Validation draws nothing random: its workers persist.
-    common = {**loader_options(args.workers, device), "worker_init_fn": seed_worker}
+    common = {**loader_options(args.workers, device),
+              "worker_init_fn": functools.partial(seed_worker, rank=distributed.rank())}
     generator = torch.Generator().manual_seed(args.seed)
     labels = training_targets(train_frame, "all", args.old_age)
-    sampler = distributed.shard(create_sampler(args.sampler, train_set, labels, generator))  # this rank's share
+    sampler = distributed.shard(create_sampler(args.sampler, train_set, labels, generator), generator)
     train_loader = DataLoader(train_set, args.batch_size, sampler=sampler, drop_last=len(sampler) > args.batch_size,
                               generator=generator, **common)
     valid_loader = DataLoader(valid_set, args.valid_batch_size, shuffle=False,
@@ -317,11 +323,11 @@ class DivergedError(Exception):
 
 
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, epoch, mixer=None, clip_grad=0.0,
-                    ema=None, frozen=False, amp="off", scaler=None, channels_last=False):
-    """One pass over the training loader, batches mixed by `mixer`, gradients clipped to the norm `clip_grad`
-    (0: not), `ema` updated after every step and the backbone `frozen` or not; the forward pass under `amp`
-    autocast, the loss scaled by `scaler` (create_grad_scaler), batches in channels-last format if asked.
-    Returns the mean training loss."""
+                    ema=None, frozen=False, amp="off", scaler=None, channels_last=False, jitter=None):
+    """One pass over the training loader, batches colour-jittered by `jitter` and mixed by `mixer` on the device,
+    gradients clipped to the norm `clip_grad` (0: not), `ema` updated after every step and the backbone `frozen`
+    or not; the forward pass under `amp` autocast, the loss scaled by `scaler` (create_grad_scaler), batches in
+    channels-last format if asked. Returns the mean training loss."""
     scaler = create_grad_scaler(amp, device) if scaler is None else scaler
     model.train()
     freeze_backbone(distributed.unwrap(model), frozen)
@@ -329,11 +335,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, epoc
     progress = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False)
     for images, targets in progress:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)  # on the device, not the loader's cores
+        if jitter is not None:
+            images = jitter(images)
+        images = to_memory_format(images, channels_last)
         if mixer is not None:
             images, targets = mixer(images, targets)
-        with torch.autocast(device.type, AMP_DTYPES[amp], enabled=amp != "off"):
+        with autocast(device, amp):
             logits = model(images)
         loss = criterion(logits.float(), targets)  # the loss in float32 whatever the autocast
         mean_loss = distributed.mean(loss.item())  # over the ranks: one rank's NaN stops them all at this step
@@ -361,9 +368,10 @@ def score_targets(targets, predicted, task):
     return score(targets, predicted) if task == "all" else score_task(targets, predicted, task)
 
 
-def validate(model, loader, criterion, head, task, device):
-    """Validation metrics (loss, F1 over the 18 classes and per task, or over one task's classes) and probabilities."""
-    probabilities, loss = predict(model, loader, head, device, criterion)
+def validate(model, loader, criterion, head, task, device, amp="off", channels_last=False):
+    """Validation metrics (loss, F1 over the 18 classes and per task, or over one task's classes) and probabilities,
+    the forward passes as fast as training's (`amp`, `channels_last`)."""
+    probabilities, loss = predict(model, loader, head, device, criterion, amp, channels_last)
     metrics = score_targets(loader.dataset.targets, probabilities.argmax(dim=1).numpy(), task)
     return {"val_loss": loss, **{f"val_{name}": value for name, value in metrics.items()}}, probabilities
 
@@ -378,25 +386,85 @@ def log_epoch(run_dir, writer, history, row):
                    for name, value in row.items()), flush=True)
 
 
-def seed_epoch(seed, epoch, loader, mixer):
-    """Derives every random draw of an epoch (order, sampler, augmentation, mixing) from (seed, epoch) alone,
-    so a run resumed at an epoch boundary continues exactly as the uninterrupted run."""
-    epoch_seed = seed * 10_000 + epoch
-    seed_everything(epoch_seed)
-    loader.generator.manual_seed(epoch_seed)
-    mixer.rng = np.random.default_rng([seed, epoch])
+def seed_epoch(seed, epoch, loader, mixer, jitter=None, rank=0):
+    """Derives every random draw of an epoch (order, sampler, augmentation, jitter, mixing) from (seed, epoch)
+    alone, so a run resumed at an epoch boundary continues exactly as the uninterrupted run. Under torchrun the
+    order and sampler draws, from the loader's generator, are the same on every rank (each takes its shard of one
+    draw, distributed.ShardSampler), while every other draw folds in the `rank` (here and in seed_worker): each
+    rank augments its own images its own way."""
+    seed_everything(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
+    loader.generator.manual_seed(seed * 10_000 + epoch)
+    mixer.rng = np.random.default_rng([seed, epoch, rank])
+    if jitter is not None:
+        jitter.rng = mixer.rng
 
 
-def restore_progress(path, model, optimizer, scheduler, ema):
-    """Loads last.pth into the model, optimizer, scheduler and EMA; returns the loop's progress."""
+def build_training(args, frame, device):
+    """Everything a fold's training loop works with, built from its arguments: the model (and `trained`, the same
+    model in DistributedDataParallel under torchrun), loaders, criterion, optimizer, scheduler, loss scaler, EMA
+    (or None), colour jitter of the batches (or None) and batch mixer."""
+    scaler = create_grad_scaler(args.amp, device)  # first: a refused --amp builds nothing
+    model = place_model(create_model(vars(args)), device, args.channels_last)
+    train_loader, valid_loader = build_loaders(args, frame, Path(args.data_dir), device)
+    optimizer = create_optimizer(args, model.parameters())
+    training = SimpleNamespace(
+        model=model, train_loader=train_loader, valid_loader=valid_loader, optimizer=optimizer, scaler=scaler,
+        criterion=create_training_criterion(args, train_loader.dataset.targets).to(device),
+        scheduler=create_scheduler(args, optimizer, len(train_loader)), ema=create_ema(args, model),
+        jitter=create_batch_jitter(args.augmentation),
+        mixer=BatchMixer(num_target_classes(args.task), args.mixup, args.cutmix, args.mix_alpha, args.cutmix_mode,
+                         args.cutmix_ratio))
+    if args.compile:
+        model.compile()  # in place, after the EMA's copy: the state_dict keys, and so the checkpoints, stay the same
+    training.trained = distributed.wrap(model, find_unused_parameters=args.freeze_epochs > 0)  # gradients averaged
+    return training
+
+
+def evaluated_model(training):
+    """The weights validated and saved: with --ema the averaged ones, otherwise the trained ones."""
+    return training.model if training.ema is None else training.ema.module
+
+
+def save_epoch(run_dir, args, training, progress, metrics, probabilities, improved):
+    """best.pth if the epoch improved on the best validation F1, then last.pth: everything a resume needs."""
+    state = {"model": evaluated_model(training).state_dict(), "epoch": progress["epoch"], "metrics": metrics,
+             "config": vars(args)}
+    if improved:
+        save_checkpoint({**state, "valid_probabilities": probabilities}, run_dir / "best.pth")
+    save_checkpoint({**state, "optimizer": training.optimizer.state_dict(),
+                     "scheduler": training.scheduler.state_dict(), "scaler": training.scaler.state_dict(),
+                     "progress": progress,
+                     **({"training_model": training.model.state_dict()} if training.ema is not None else {})},
+                    run_dir / "last.pth")
+
+
+def restore_progress(path, training):
+    """Loads last.pth into the model, optimizer, scheduler, loss scaler and EMA; returns the loop's progress."""
     state = load_checkpoint(path)
-    load_weights(model, state.get("training_model", state["model"]), path)
-    if ema is not None:
-        load_weights(ema.module, state["model"], path)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    load_weights(training.model, state.get("training_model", state["model"]), path)
+    if training.ema is not None:
+        load_weights(training.ema.module, state["model"], path)
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scheduler.load_state_dict(state["scheduler"])
+    training.scaler.load_state_dict(state.get("scaler", {}))  # fp16's loss scale; runs saved before it had none
     print(f"resumed {path} after epoch {state['epoch']}")
     return state["progress"]
+
+
+def run_epoch(args, training, epoch, device):
+    """Trains one epoch and validates it; returns (mean training loss, validation metrics, probabilities)."""
+    seed_epoch(args.seed, epoch, training.train_loader, training.mixer, training.jitter, distributed.rank())
+    train_loss = train_one_epoch(training.trained, training.train_loader, training.criterion, training.optimizer,
+                                 training.scheduler, device, epoch, training.mixer, args.clip_grad, training.ema,
+                                 frozen=epoch <= args.freeze_epochs, amp=args.amp, scaler=training.scaler,
+                                 channels_last=args.channels_last, jitter=training.jitter)
+    # Rank 0 validates the weights it saves, on the whole fold, and hands every rank its metrics: the other ranks'
+    # batch-norm statistics differ (each saw its own batches), and the same metrics give every rank the same
+    # plateau step and early stop.
+    metrics, probabilities = distributed.run_on_main(validate, evaluated_model(training), training.valid_loader,
+                                                     training.criterion, args.head, args.task, device, args.amp,
+                                                     args.channels_last)
+    return distributed.mean(train_loss), metrics, probabilities
 
 
 def train_fold(args, frame, run_dir, fold, resume=False):
@@ -408,67 +476,39 @@ def train_fold(args, frame, run_dir, fold, resume=False):
     args.fold = fold
     seed_everything(args.seed)
     device = torch.device(args.device)
-    model = place_model(create_model(vars(args)), device, args.channels_last)
-    scaler = create_grad_scaler(args.amp, device)
-    train_loader, valid_loader = build_loaders(args, frame, Path(args.data_dir), device)
-    criterion = create_training_criterion(args, train_loader.dataset.targets).to(device)
-    optimizer = create_optimizer(args, model.parameters())
-    scheduler = create_scheduler(args, optimizer, len(train_loader))
-    mixer = BatchMixer(num_target_classes(args.task), args.mixup, args.cutmix, args.mix_alpha, args.cutmix_mode,
-                       args.cutmix_ratio, np.random.default_rng(args.seed))
-    ema = create_ema(args, model)
-    if args.compile:
-        model.compile()  # in place, after the EMA's copy: the state_dict keys, and so the checkpoints, stay the same
-    trained = distributed.wrap(model, find_unused_parameters=args.freeze_epochs > 0)  # gradients averaged over ranks
-
+    training = build_training(args, frame, device)
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=resume)
         write_json({**vars(args), "run_dir": str(run_dir)}, run_dir / "config.json")
-    print(f"run {run_dir}: {len(train_loader.dataset)} training and {len(valid_loader.dataset)} validation "
-          f"images, {args.model} ({args.head} head, task {args.task}) on {device}")
+    print(f"run {run_dir}: {len(training.train_loader.dataset)} training and {len(training.valid_loader.dataset)} "
+          f"validation images, {args.model} ({args.head} head, task {args.task}) on {device}")
 
     writer = SummaryWriter(run_dir) if distributed.is_main() else None
     progress = {"epoch": 0, "best_f1": -math.inf, "epochs_without_improvement": 0, "history": []}
     if resume and (run_dir / "last.pth").is_file():
-        progress = restore_progress(run_dir / "last.pth", model, optimizer, scheduler, ema)
+        progress = restore_progress(run_dir / "last.pth", training)
     for epoch in range(progress["epoch"] + 1, args.epochs + 1):
         if args.patience and progress["epochs_without_improvement"] >= args.patience:
             print(f"early stop: no better validation F1 in {args.patience} epochs")
             break
         started = time.time()
-        seed_epoch(args.seed, epoch, train_loader, mixer)
         try:
-            train_loss = train_one_epoch(trained, train_loader, criterion, optimizer, scheduler, device, epoch, mixer,
-                                         args.clip_grad, ema, frozen=epoch <= args.freeze_epochs, amp=args.amp,
-                                         scaler=scaler, channels_last=args.channels_last)
+            train_loss, metrics, probabilities = run_epoch(args, training, epoch, device)
         except DivergedError as error:
             kept = (f"{run_dir / 'last.pth'} keeps epoch {progress['epoch']}" if progress["epoch"]
                     else "no epoch had finished, so no checkpoint was written")
             raise cli.UserError(f"{error}: stopped; {kept}; lower --lr or change --criterion") from None
-        evaluated = model if ema is None else ema.module  # with --ema, the averaged weights are validated and saved
-        # Rank 0 validates the weights it saves, on the whole fold, and hands every rank its metrics: the other
-        # ranks' batch-norm statistics differ (each saw its own batches), and the same metrics give every rank the
-        # same plateau step and early stop.
-        metrics, probabilities = distributed.run_on_main(validate, evaluated, valid_loader, criterion, args.head,
-                                                         args.task, device)
-        if isinstance(scheduler, ReduceLROnPlateau):
-            scheduler.step(metrics["val_f1"])
+        if isinstance(training.scheduler, ReduceLROnPlateau):
+            training.scheduler.step(metrics["val_f1"])
         improved = metrics["val_f1"] > progress["best_f1"]
-        row = {"epoch": epoch, "train_loss": distributed.mean(train_loss), **metrics,
-               "lr": scheduler.get_last_lr()[0], "seconds": time.time() - started}
+        row = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": training.scheduler.get_last_lr()[0],
+               "seconds": time.time() - started}
         progress = {"epoch": epoch, "best_f1": max(progress["best_f1"], metrics["val_f1"]),
                     "epochs_without_improvement": 0 if improved else progress["epochs_without_improvement"] + 1,
                     "history": progress["history"] + [row]}
-        if not distributed.is_main():
-            continue  # rank 0 alone writes checkpoints and logs
-        state = {"model": evaluated.state_dict(), "epoch": epoch, "metrics": metrics, "config": vars(args)}
-        if improved:
-            save_checkpoint({**state, "valid_probabilities": probabilities}, run_dir / "best.pth")
-        # last.pth is written before the logs, so a kill in between loses no epoch that the logs show.
-        save_checkpoint({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "progress": progress, **({"training_model": model.state_dict()} if ema is not None else {})},
-                        run_dir / "last.pth")
-        log_epoch(run_dir, writer, progress["history"], row)
+        if distributed.is_main():  # rank 0 alone writes checkpoints and logs
+            save_epoch(run_dir, args, training, progress, metrics, probabilities, improved)
+            log_epoch(run_dir, writer, progress["history"], row)  # after last.pth: the logs show no lost epoch
     if writer is not None:
         writer.close()
     print(f"best val_f1 {progress['best_f1']:.4f}; checkpoints in {run_dir}")

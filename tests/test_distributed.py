@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,8 +15,9 @@ import pytest
 import torch
 
 import train
+from augmentation import BatchMixer, create_batch_jitter
 from conftest import REPO_ROOT
-from dataset import ImageDataset, load_folds
+from dataset import NUM_CLASSES, ImageDataset, load_folds
 from distributed import ShardSampler, shard
 from fileio import load_checkpoint
 from model import create_model, load_weights
@@ -32,40 +34,53 @@ def torchrun(*args):
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
 
 
-def rank_shards(make_sampler):
-    """What each rank iterates: its ShardSampler of its own sampler, made and seeded as on every rank."""
-    return [list(ShardSampler(make_sampler(), rank, WORLD_SIZE)) for rank in range(WORLD_SIZE)]
-
-
-def sampler_like_every_rank(name, size):
-    """train.py's sampler over `size` images, after seed_epoch has seeded torch and the loader's generator from
-    (seed, epoch), identically on every rank."""
+def rank_draw(name, size, rank, world_size=WORLD_SIZE):
+    """What rank `rank` iterates: its ShardSampler of train.py's sampler over `size` images, after seed_epoch has
+    seeded the loader's generator alike on every rank and torch's global generator per rank."""
     labels = np.arange(size) % 4 * 5  # four classes, for the weighted and imbalanced samplers
     dataset = ImageDataset([f"{k}.jpg" for k in range(size)], labels)
-    torch.manual_seed(0)
-    return train.create_sampler(name, dataset, labels, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(rank)
+    return list(ShardSampler(train.create_sampler(name, dataset, labels, generator), rank, world_size, generator))
 
 
 @pytest.mark.parametrize("size", [10, 11])
 @pytest.mark.parametrize("name", ["none", "weighted", "imbalanced"])
 def test_ranks_take_alternate_positions_of_one_identical_draw(name, size):
-    draw = list(sampler_like_every_rank(name, size))
-    shards = rank_shards(lambda: sampler_like_every_rank(name, size))
+    draw = rank_draw(name, size, rank=0, world_size=1)  # the whole draw, as one process would take it
+    shards = [rank_draw(name, size, rank) for rank in range(WORLD_SIZE)]
     assert [len(part) for part in shards] == [math.ceil(size / WORLD_SIZE)] * WORLD_SIZE  # as many steps each
     interleaved = [index for step in zip(*shards) for index in step]
     assert interleaved == draw + draw[:len(interleaved) - len(draw)]  # the draw, padded with its beginning
 
 
 def test_shuffle_shards_are_disjoint_and_cover_every_image():
-    shards = rank_shards(lambda: sampler_like_every_rank("none", 10))
+    shards = [rank_draw("none", 10, rank) for rank in range(WORLD_SIZE)]
     assert not set(shards[0]) & set(shards[1])
     assert sorted(shards[0] + shards[1]) == list(range(10))
-    assert set().union(*rank_shards(lambda: sampler_like_every_rank("none", 11))) == set(range(11))
+    assert set().union(*(rank_draw("none", 11, rank) for rank in range(WORLD_SIZE))) == set(range(11))
 
 
 def test_a_single_process_keeps_the_whole_sampler():
-    sampler = sampler_like_every_rank("weighted", 10)
-    assert shard(sampler) is sampler
+    sampler = train.create_sampler("none", ImageDataset(["0.jpg", "1.jpg"]), np.zeros(2, dtype=int))
+    assert shard(sampler, torch.Generator()) is sampler
+
+
+def test_ranks_augment_differently_from_the_same_seeds():
+    """Every rank seeds alike from (seed, epoch); the rank folded in gives each its own augmentation draws."""
+    def draws(rank, worker_seed):
+        loader = SimpleNamespace(generator=torch.Generator())
+        mixer, jitter = BatchMixer(NUM_CLASSES), create_batch_jitter("CustomAugmentation")
+        train.seed_epoch(42, 3, loader, mixer, jitter, rank)
+        main_process = torch.rand(4)
+        torch.manual_seed(worker_seed)  # what a DataLoader gives worker 0 of every rank alike
+        train.seed_worker(0, rank)
+        return main_process, torch.rand(4), jitter.factors(2), int(loader.generator.initial_seed())
+
+    first, second, again = draws(0, 7), draws(1, 7), draws(1, 7)
+    for own, other, same in zip(first[:3], second[:3], again[:3]):
+        assert not torch.equal(own, other) and torch.equal(other, same)
+    assert first[3] == second[3]  # the order and sampler draws stay shared
 
 
 @pytest.fixture(scope="module")

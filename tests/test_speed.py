@@ -4,12 +4,13 @@ import os
 import re
 import shutil
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 import dataset
 import train
@@ -141,3 +142,43 @@ def test_benchmark_ends_with_two_numbers():
                         "test_resnet", "--batch_size", "16")
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.fullmatch(r"loader_speedup \d+\.\d+ e2e_ratio \d+\.\d+", result.stdout.strip().splitlines()[-1])
+
+
+def test_validation_runs_under_the_training_autocast_and_memory_format():
+    seen = []
+
+    class Recorder(MaskClassifier):
+        def forward(self, images):
+            autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+            seen.append((autocast, images.is_contiguous(memory_format=torch.channels_last)))
+            return super().forward(images)
+
+    model = Recorder("test_resnet")
+    targets = torch.tensor([0, 3, 7, 17])
+    photos = TensorDataset(torch.randint(0, 256, (4, 3, *RESIZE), dtype=torch.uint8), targets)
+    photos.targets = targets.numpy()  # what validate() scores against
+    loader = DataLoader(photos, batch_size=4)
+    criterion, cpu = torch.nn.CrossEntropyLoss(), torch.device("cpu")
+    plain, plain_probabilities = train.validate(model, loader, criterion, "single", "all", cpu)
+    fast, fast_probabilities = train.validate(model, loader, criterion, "single", "all", cpu, "bf16", True)
+    assert seen == [(None, False), (torch.bfloat16, True)]
+    assert fast_probabilities.dtype == torch.float32
+    assert torch.allclose(fast_probabilities, plain_probabilities, atol=0.05)  # bf16 keeps ~3 significant digits
+
+
+def test_last_pth_keeps_the_fp16_loss_scale_for_a_resume(tmp_path):
+    args = train.get_args_parser().parse_args(TINY)
+
+    def training(scale):
+        model = MaskClassifier("test_resnet")
+        optimizer = train.create_optimizer(args, model.parameters())
+        return SimpleNamespace(model=model, optimizer=optimizer, ema=None,
+                               scheduler=train.create_scheduler(args, optimizer, 2),
+                               scaler=torch.amp.GradScaler("cpu", init_scale=scale))
+
+    interrupted = training(scale=1024.0)  # as fp16 training backs its scale off from 65536 after overflows
+    progress = {"epoch": 1, "best_f1": 0.5, "epochs_without_improvement": 0, "history": []}
+    train.save_epoch(tmp_path, args, interrupted, progress, {"val_f1": 0.5}, torch.zeros(2, NUM_CLASSES), True)
+    resumed = training(scale=65536.0)
+    assert train.restore_progress(tmp_path / "last.pth", resumed) == progress
+    assert resumed.scaler.get_scale() == 1024.0
