@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from cli import UserError
@@ -285,6 +285,36 @@ def loader_options(workers, device, persistent=False):
     return options
 
 
+@contextlib.contextmanager
+def seeded_torch(seed):
+    """torch's global generator (torchvision's transforms draw from it) seeded with `seed` inside the block and
+    restored after it; untouched when `seed` is None."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class SeededSampler(Sampler):
+    """Pairs each index another sampler draws with a seed for that item's augmentation, both drawn from `generator`:
+    an epoch's augmentations then depend on the generator's seed alone, not on which loader worker, how many of
+    them, or which epoch's worker processes load the item (so training workers can persist between epochs).
+    The seed goes with the position, so an index drawn twice is augmented twice over."""
+
+    def __init__(self, sampler, generator):
+        self.sampler, self.generator = sampler, generator
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        indices = list(self.sampler)
+        seeds = torch.randint(2**62, (len(indices),), generator=self.generator).tolist()
+        return zip(indices, seeds)
+
+
 class ImageDataset(Dataset):
     """Photos by path as uint8 (3, H, W) tensors, decoded at `size` = (H, W) (None: as stored) -- read from `cache`,
     a DecodedCache holding them, or decoded per item without one -- then `transform`ed; with integer targets for
@@ -304,10 +334,14 @@ class ImageDataset(Dataset):
         pixels = decode_image(path, self.size) if self.cache is None else self.cache.pixels(path)
         return torch.from_numpy(pixels).permute(2, 0, 1)
 
-    def __getitem__(self, index):
+    def __getitem__(self, item):
+        """The transformed photo (and its target) at `item`: an index, or (index, seed) from a SeededSampler, the
+        random transform then drawing from that seed alone."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
         image = self.load(index)
         if self.transform is not None:
-            image = self.transform(image)
+            with seeded_torch(seed):
+                image = self.transform(image)
         if self.targets is None:
             return image
         return image, int(self.targets[index])

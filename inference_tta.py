@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import cli
 from augmentation import AUGMENTATIONS, MEAN, create_transform, to_unit_float
-from dataset import ImageDataset, open_cache
+from dataset import ImageDataset, open_cache, seeded_torch
 from inference import get_args_parser as get_inference_args_parser
 from inference import find_runs, make_loader, predict_runs, print_held_out_score, read_images, write_submission
 from model import logits_to_probabilities
@@ -90,8 +90,7 @@ class ViewsDataset(ImageDataset):
         image = self.load(index)
         views = [self.transform(image)]
         for view in range(self.random_views):
-            with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
-                torch.manual_seed(view_seed(self.seed, view, index))
+            with seeded_torch(view_seed(self.seed, view, index)):
                 views.append(self.augment(image))
         return torch.stack(views)
 

@@ -12,7 +12,6 @@ prints train loss, validation loss, macro F1 over the 18 classes, the per-task F
 """
 import argparse
 import copy
-import functools
 import json
 import math
 import os
@@ -37,8 +36,9 @@ import cli
 import distributed
 from augmentation import (AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_batch_jitter, create_transform,
                           decode_size)
-from dataset import (CACHE_MODES, NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDataset, decode_label, inverse_frequency,
-                     load_folds, loader_options, num_target_classes, open_cache, parse_age_range, training_targets)
+from dataset import (CACHE_MODES, NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDataset, SeededSampler, decode_label,
+                     inverse_frequency, load_folds, loader_options, num_target_classes, open_cache, parse_age_range,
+                     training_targets)
 from evaluation import score, score_task
 from fileio import load_checkpoint, save_checkpoint, write_csv, write_json
 from loss import CRITERIA, MultiTaskLoss, create_criterion
@@ -175,15 +175,6 @@ def configure_determinism(deterministic):
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def seed_worker(worker_id, rank=0):
-    """Seeds a loader worker's torch, numpy and python generators from the loader's generator (which gave this
-    worker its torch seed) and the process's `rank`, so that no two workers of any rank augment alike."""
-    worker_seed = int(np.random.SeedSequence([torch.initial_seed(), rank]).generate_state(1)[0])
-    torch.manual_seed(worker_seed)
-    np.random.seed(worker_seed)
-    random.seed(worker_seed)
-
-
 def next_run_dir(model_dir, name):
     """model_dir/name, or name2, name3, ... when taken: runs are never overwritten."""
     candidate, number = Path(model_dir) / name, 2
@@ -233,18 +224,17 @@ def build_loaders(args, frame, data_dir, device):
                              create_transform(args.augmentation, args.resize), train_size, caches[train_size])
     valid_set = ImageDataset([data_dir / p for p in valid_frame["path"]], training_targets(valid_frame, args.task),
                              create_transform("BaseAugmentation", args.resize), valid_size, caches[valid_size])
-    # Training workers start afresh each epoch: their augmentation seeds come from the loader generator, which
-    # seed_epoch re-seeds; persistent ones would keep epoch 1's seeds and shift the sampler's draws, so a resumed
-    # run would not replay the epochs it continues. Validation draws nothing random: its workers persist.
-    common = {**loader_options(args.workers, device),
-              "worker_init_fn": functools.partial(seed_worker, rank=distributed.rank())}
-    generator = torch.Generator().manual_seed(args.seed)
+    # Every random draw of the training loader comes from `draws`, which seed_epoch re-seeds each epoch: the order,
+    # the sampler's draws and a seed per item for its augmentation (SeededSampler), whichever worker loads it. So
+    # workers persist between epochs, and a resumed run replays the epochs it continues. The loader's own generator
+    # seeds its workers, which draw nothing from their seeds: it keeps that draw off torch's global generator.
+    draws = torch.Generator().manual_seed(args.seed)
     labels = training_targets(train_frame, "all", args.old_age)
-    sampler = distributed.shard(create_sampler(args.sampler, train_set, labels, generator), generator)
+    sampler = distributed.shard(SeededSampler(create_sampler(args.sampler, train_set, labels, draws), draws), draws)
+    options = loader_options(args.workers, device, persistent=True)
     train_loader = DataLoader(train_set, args.batch_size, sampler=sampler, drop_last=len(sampler) > args.batch_size,
-                              generator=generator, **common)
-    valid_loader = DataLoader(valid_set, args.valid_batch_size, shuffle=False,
-                              **loader_options(args.workers, device, persistent=True))
+                              generator=torch.Generator().manual_seed(args.seed), **options)
+    valid_loader = DataLoader(valid_set, args.valid_batch_size, shuffle=False, **options)
     return train_loader, valid_loader
 
 
@@ -389,11 +379,10 @@ def log_epoch(run_dir, writer, history, row):
 def seed_epoch(seed, epoch, loader, mixer, jitter=None, rank=0):
     """Derives every random draw of an epoch (order, sampler, augmentation, jitter, mixing) from (seed, epoch)
     alone, so a run resumed at an epoch boundary continues exactly as the uninterrupted run. Under torchrun the
-    order and sampler draws, from the loader's generator, are the same on every rank (each takes its shard of one
-    draw, distributed.ShardSampler), while every other draw folds in the `rank` (here and in seed_worker): each
-    rank augments its own images its own way."""
+    loader's draws (its sampler's generator) are the same on every rank: each rank takes its shard of one draw,
+    items and their augmentation seeds alike (distributed.ShardSampler). The other draws fold in the `rank`."""
     seed_everything(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
-    loader.generator.manual_seed(seed * 10_000 + epoch)
+    loader.sampler.generator.manual_seed(seed * 10_000 + epoch)
     mixer.rng = np.random.default_rng([seed, epoch, rank])
     if jitter is not None:
         jitter.rng = mixer.rng

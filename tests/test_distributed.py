@@ -17,7 +17,7 @@ import torch
 import train
 from augmentation import BatchMixer, create_batch_jitter
 from conftest import REPO_ROOT
-from dataset import NUM_CLASSES, ImageDataset, load_folds
+from dataset import NUM_CLASSES, ImageDataset, SeededSampler, load_folds
 from distributed import ShardSampler, shard
 from fileio import load_checkpoint
 from model import create_model, load_weights
@@ -67,20 +67,27 @@ def test_a_single_process_keeps_the_whole_sampler():
 
 
 def test_ranks_augment_differently_from_the_same_seeds():
-    """Every rank seeds alike from (seed, epoch); the rank folded in gives each its own augmentation draws."""
-    def draws(rank, worker_seed):
-        loader = SimpleNamespace(generator=torch.Generator())
+    """Every rank seeds alike from (seed, epoch): the loader's draws are shared (each rank its shard of items and
+    item seeds), the rank folded into the others gives each rank its own jitter, mixing and main-process draws."""
+    def draws(rank):
+        loader = SimpleNamespace(sampler=SimpleNamespace(generator=torch.Generator()))
         mixer, jitter = BatchMixer(NUM_CLASSES), create_batch_jitter("CustomAugmentation")
         train.seed_epoch(42, 3, loader, mixer, jitter, rank)
-        main_process = torch.rand(4)
-        torch.manual_seed(worker_seed)  # what a DataLoader gives worker 0 of every rank alike
-        train.seed_worker(0, rank)
-        return main_process, torch.rand(4), jitter.factors(2), int(loader.generator.initial_seed())
+        return torch.rand(4), jitter.factors(2), loader.sampler.generator.initial_seed()
 
-    first, second, again = draws(0, 7), draws(1, 7), draws(1, 7)
-    for own, other, same in zip(first[:3], second[:3], again[:3]):
+    first, second, again = draws(0), draws(1), draws(1)
+    for own, other, same in zip(first[:2], second[:2], again[:2]):
         assert not torch.equal(own, other) and torch.equal(other, same)
-    assert first[3] == second[3]  # the order and sampler draws stay shared
+    assert first[2] == second[2]
+
+    def item_seeds(rank):
+        generator = torch.Generator().manual_seed(0)
+        sampler = SeededSampler(torch.utils.data.RandomSampler(range(10), generator=generator), generator)
+        return list(ShardSampler(sampler, rank, WORLD_SIZE, generator))
+
+    shards = [item_seeds(rank) for rank in range(WORLD_SIZE)]
+    assert sorted(index for shard in shards for index, _ in shard) == list(range(10))
+    assert len({seed for shard in shards for _, seed in shard}) == 10  # no two items of any rank share a seed
 
 
 @pytest.fixture(scope="module")

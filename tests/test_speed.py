@@ -106,20 +106,28 @@ def test_the_model_takes_uint8_and_unit_float_batches_alike():
     assert {"mean", "std"} <= set(model.state_dict())  # the statistics travel with the weights
 
 
-def test_a_training_epoch_replays_identically_with_loader_workers(sample_data):
-    """What resuming needs: epoch 2 draws the same batches after epoch 1 as from a fresh start."""
-    args = train.get_args_parser().parse_args([*TINY, "--workers", "1", "--augmentation", "StrongAugmentation"])
+@pytest.mark.parametrize("sampler", ["none", "imbalanced"])
+def test_a_training_epoch_replays_identically_whatever_the_loader_workers(sample_data, sampler):
+    """What resuming needs: epoch 2 draws the same batches after epoch 1 (persistent workers) as from a fresh
+    start, and as with another number of workers."""
     data_dir = sample_data / "train/images"
     frame = load_folds(sample_data / "train/folds.csv", data_dir, 0)
 
+    def training_loader(workers):
+        args = train.get_args_parser().parse_args([*TINY, "--workers", str(workers), "--sampler", sampler,
+                                                   "--augmentation", "StrongAugmentation"])
+        return train.build_loaders(args, frame, data_dir, torch.device("cpu"))[0]
+
     def epoch_images(loader, epoch):
-        train.seed_epoch(args.seed, epoch, loader, BatchMixer(NUM_CLASSES))
+        train.seed_epoch(42, epoch, loader, BatchMixer(NUM_CLASSES))
         return torch.cat([images for images, _ in loader])
 
-    continued, _ = train.build_loaders(args, frame, data_dir, torch.device("cpu"))
-    epoch_images(continued, 1)
-    resumed, _ = train.build_loaders(args, frame, data_dir, torch.device("cpu"))
-    assert torch.equal(epoch_images(resumed, 2), epoch_images(continued, 2))
+    continued = training_loader(workers=2)
+    first = epoch_images(continued, 1)
+    second = epoch_images(continued, 2)
+    assert continued.persistent_workers and not torch.equal(first, second)
+    assert torch.equal(epoch_images(training_loader(workers=2), 2), second)
+    assert torch.equal(epoch_images(training_loader(workers=0), 2), second)
 
 
 def test_bf16_and_channels_last_train_on_cpu_and_are_recorded(sample_data, tmp_path, monkeypatch):
