@@ -2,6 +2,7 @@
 
     python benchmark.py                                   # resnet18 at 128x96, batch 64, 448 generated photos
     python benchmark.py --data_dir data/train/images --device cuda --workers 8 --steps 50
+    python benchmark.py --device cuda --amp bf16 --channels_last          # the fast paths, training and inference
     python benchmark.py --photos 32 --steps 2 --resize 64 48 --model test_resnet   # a smoke test: seconds
 
 - loader: images/s of the naive per-item pipeline the cache replaced (PIL decode of the whole photo, Resize,
@@ -33,7 +34,7 @@ import train
 from augmentation import AUGMENTATIONS, MEAN, STD, create_batch_jitter, create_transform, decode_size
 from dataset import IMAGE_EXTENSIONS, NUM_CLASSES, ImageDataset, loader_options, open_cache, read_image
 from generate_sample import generate
-from model import create_model
+from model import AMP_DTYPES, autocast, check_amp, create_model, place_model, to_memory_format
 
 PHOTOS_PER_PERSON = 7
 LATENCY_RUNS = 30
@@ -56,6 +57,8 @@ def get_args_parser():
     cli.add_flag(model, "batch_size", type=int, default=64, help="batch size of training and inference")
     cli.add_flag(model, "steps", type=int, default=10, help="timed training and inference steps")
     cli.add_flag(model, "device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    cli.add_flag(model, "amp", default="off", choices=list(AMP_DTYPES), help="mixed precision, as train.py's")
+    cli.add_flag(model, "channels_last", action="store_true", help="channels-last format, as train.py's")
     return parser
 
 
@@ -111,16 +114,16 @@ def images_per_second(loader, passes=2):
     return seen / (time.perf_counter() - started)
 
 
-def training_rate(model, batches, device, images, jitter=None):
-    """Images/s of train.train_one_epoch over `batches` (a loader or a list) of `images` in all, colour-jittered by
-    `jitter` if given, after one untimed warm-up step."""
+def training_rate(model, batches, device, images, **step_options):
+    """Images/s of train.train_one_epoch over `batches` (a loader or a list) of `images` in all, with its
+    `step_options` (amp, channels_last, jitter), after one untimed warm-up step."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     criterion = torch.nn.CrossEntropyLoss()
-    train.train_one_epoch(model, [next(iter(batches))], criterion, optimizer, scheduler, device, 0, jitter=jitter)
+    train.train_one_epoch(model, [next(iter(batches))], criterion, optimizer, scheduler, device, 0, **step_options)
     synchronize(device)
     started = time.perf_counter()
-    train.train_one_epoch(model, batches, criterion, optimizer, scheduler, device, 1, jitter=jitter)
+    train.train_one_epoch(model, batches, criterion, optimizer, scheduler, device, 1, **step_options)
     synchronize(device)
     return images / (time.perf_counter() - started)
 
@@ -130,17 +133,22 @@ def inference_rates(model, args, device):
     """(images/s at --batch_size, median milliseconds for one photo) in eval mode."""
     model.eval()
     batch = torch.randint(0, 256, (args.batch_size, 3, *args.resize), dtype=torch.uint8, device=device)
-    model(batch)
+
+    def forward(images):
+        with autocast(device, args.amp):
+            return model(to_memory_format(images, args.channels_last))
+
+    forward(batch)
     synchronize(device)
     started = time.perf_counter()
     for _ in range(args.steps):
-        model(batch)
+        forward(batch)
     synchronize(device)
     rate = args.steps * args.batch_size / (time.perf_counter() - started)
     latencies = []
     for _ in range(LATENCY_RUNS):
         started = time.perf_counter()
-        model(batch[:1])
+        forward(batch[:1])
         synchronize(device)
         latencies.append(time.perf_counter() - started)
     return rate, statistics.median(latencies) * 1000
@@ -175,15 +183,16 @@ def compare_loaders(args, paths, cache_dir, device):
 def compare_training(args, dataset, device):
     """Prints training images/s fed by the cached loader and by a batch in memory, each the best of ROUNDS
     interleaved rounds (the machine's other load hits both alike); returns their ratio."""
-    model = create_model({"model": args.model, "head": "single"}).to(device)
+    model = place_model(create_model({"model": args.model, "head": "single"}), device, args.channels_last)
     in_memory = [(torch.randint(0, 256, (args.batch_size, 3, *args.resize), dtype=torch.uint8),
                   torch.randint(0, NUM_CLASSES, (args.batch_size,)))] * args.steps
     sampler = RandomSampler(dataset, num_samples=args.steps * args.batch_size)
     loader = DataLoader(dataset, args.batch_size, sampler=sampler, drop_last=True,
                         **loader_options(args.workers, device, persistent=True))
     images, jitter = args.steps * args.batch_size, create_batch_jitter(args.augmentation)
-    rates = [(training_rate(model, in_memory, device, images), training_rate(model, loader, device, images, jitter))
-             for _ in range(ROUNDS)]
+    fast_paths = {"amp": args.amp, "channels_last": args.channels_last}
+    rates = [(training_rate(model, in_memory, device, images, **fast_paths),
+              training_rate(model, loader, device, images, jitter=jitter, **fast_paths)) for _ in range(ROUNDS)]
     model_only, end_to_end = (max(rate) for rate in zip(*rates))
     print(f"train model-only  {model_only:8.1f} images/s (a random uint8 batch in memory)")
     print(f"train end-to-end  {end_to_end:8.1f} images/s (the cached loader{', batch colour jitter' if jitter else ''}"
@@ -194,10 +203,12 @@ def compare_training(args, dataset, device):
 def main():
     args = get_args_parser().parse_args()
     args.resize, device = tuple(args.resize), torch.device(args.device)
+    check_amp(args.amp, device)
     with tempfile.TemporaryDirectory() as scratch:
         paths = find_photos(args, Path(scratch))
         print(f"{len(paths)} photos, {args.model} at {args.resize[0]}x{args.resize[1]}, batch {args.batch_size}, "
-              f"{args.workers} loader workers, {device} ({os.cpu_count()} cores)")
+              f"{args.workers} loader workers, {device} ({os.cpu_count()} cores), amp {args.amp}"
+              f"{', channels-last' if args.channels_last else ''}")
         dataset, loader_speedup = compare_loaders(args, paths, Path(scratch) / "cache", device)
         model, e2e_ratio = compare_training(args, dataset, device)
         rate, latency = inference_rates(model, args, device)

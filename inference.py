@@ -30,7 +30,7 @@ from augmentation import create_transform
 from dataset import CACHE_MODES, ImageDataset, load_folds, loader_options, open_cache, training_targets
 from evaluation import score
 from fileio import load_checkpoint, write_csv
-from model import create_model, load_weights, predict
+from model import AMP_DTYPES, check_amp, create_model, load_weights, place_model, predict
 
 PROBABILITY_PREFIX = "prob_"
 
@@ -48,6 +48,9 @@ def add_common_flags(parser):
     cli.add_flag(runtime, "workers", type=int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
                  help="loader worker processes")
     cli.add_flag(runtime, "device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    cli.add_flag(runtime, "amp", default="off", choices=list(AMP_DTYPES),
+                 help="mixed precision: bf16 (GPU or CPU), fp16 (GPU), off")
+    cli.add_flag(runtime, "channels_last", action="store_true", help="model and batches in channels-last format")
     cli.add_flag(runtime, "cache", default="disk", choices=CACHE_MODES,
                  help="decoded photos: disk keeps them in --cache_dir for later calls, ram for this call, off "
                       "decodes each photo for each run")
@@ -154,23 +157,27 @@ def make_loader(dataset, batch_size, workers, device):
     return DataLoader(dataset, batch_size, shuffle=False, **loader_options(workers, device))
 
 
-def predict_run(model, config, paths, batch_size, workers, device, cache="off", cache_dir=None):
+def predict_run(model, config, paths, batch_size, workers, device, cache="off", cache_dir=None, amp="off",
+                channels_last=False):
     """Class probabilities of the photos at `paths`, decoded at the run's --resize (kept as `cache` says) and seen
-    through its evaluation transform."""
+    through its evaluation transform; the forward passes under `amp` autocast, channels-last if asked."""
     size = tuple(config["resize"])
     dataset = ImageDataset(paths, transform=create_transform("BaseAugmentation", size), size=size,
                            cache=open_cache(paths, size, cache, cache_dir))
-    return predict(model, make_loader(dataset, batch_size, workers, device), config["head"], device)[0]
+    loader = make_loader(dataset, batch_size, workers, device)
+    return predict(model, loader, config["head"], device, amp=amp, channels_last=channels_last)[0]
 
 
 def predict_runs(run_dirs, paths, args, device, task="all", predict_one=predict_run):
     """Mean class probabilities of the runs (a soft vote) over the photos at `paths`; `predict_one` takes
     predict_run's arguments (inference_tta.py passes its views)."""
+    check_amp(args.amp, device)
     total = 0
     for run_dir in run_dirs:
         model, config = load_run(run_dir, device, args.checkpoint, task, args.fold)
-        total = total + predict_one(model, config, paths, args.batch_size, args.workers, device, cache=args.cache,
-                                    cache_dir=cache_dir(args))
+        total = total + predict_one(place_model(model, device, args.channels_last), config, paths, args.batch_size,
+                                    args.workers, device, cache=args.cache, cache_dir=cache_dir(args), amp=args.amp,
+                                    channels_last=args.channels_last)
     return total / len(run_dirs)
 
 

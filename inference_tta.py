@@ -28,7 +28,7 @@ from augmentation import AUGMENTATIONS, MEAN, create_transform, to_unit_float
 from dataset import ImageDataset, open_cache, seeded_torch
 from inference import get_args_parser as get_inference_args_parser
 from inference import find_runs, make_loader, predict_runs, print_held_out_score, read_images, write_submission
-from model import logits_to_probabilities
+from model import autocast, logits_to_probabilities, to_memory_format
 
 SHIFT = 0.06  # of the height and width: small enough to keep the whole face in view
 ZOOM = 1.1
@@ -97,10 +97,11 @@ class ViewsDataset(ImageDataset):
 
 @torch.no_grad()
 def predict_views(model, config, paths, batch_size, workers, device, views, random_views=0, seed=0,
-                  augmentation=None, cache="off", cache_dir=None):
+                  augmentation=None, cache="off", cache_dir=None, amp="off", channels_last=False):
     """Class probabilities of the photos at `paths`, averaged over the views of the evaluation view and over
     `random_views` photos augmented by `augmentation` (default: the run's training augmentation); the photos are
-    decoded at the run's --resize, kept as `cache` says."""
+    decoded at the run's --resize, kept as `cache` says; the forward passes under `amp` autocast, channels-last
+    if asked."""
     augmentation = augmentation or config.get("augmentation", "BaseAugmentation")
     if random_views and augmentation not in AUGMENTATIONS:
         raise cli.UserError(f"the run's augmentation {augmentation!r} is unknown here: pass --tta_augmentation "
@@ -114,7 +115,9 @@ def predict_views(model, config, paths, batch_size, workers, device, views, rand
     for batch in tqdm(make_loader(dataset, batch_size, workers, device), desc="tta", unit="batch", leave=False):
         batch = to_unit_float(batch.to(device, non_blocking=True))  # views interpolate and fill: floats
         inputs = [view(batch[:, 0]) for view in views] + list(batch[:, 1:].unbind(dim=1))
-        total = sum(logits_to_probabilities(model(images), config["head"]) for images in inputs)
+        with autocast(device, amp):
+            logits = [model(to_memory_format(images, channels_last)).float() for images in inputs]
+        total = sum(logits_to_probabilities(part, config["head"]) for part in logits)
         probabilities.append((total / len(inputs)).float().cpu())
     return torch.cat(probabilities)
 

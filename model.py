@@ -164,6 +164,17 @@ def load_weights(model, state_dict, source):
     model.load_state_dict(state_dict)
 
 
+def check_amp(amp, device):
+    """Refuses --amp fp16 on a CPU, which lacks fast float16 arithmetic."""
+    if amp == "fp16" and device.type == "cpu":
+        raise UserError("--amp fp16 is for GPUs (CPUs lack fast float16 arithmetic): use --amp bf16 on CPU")
+
+
+def place_model(model, device, channels_last=False):
+    """The model on the device, its weights in channels-last memory format if asked."""
+    return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+
+
 def autocast(device, amp):
     """The mixed precision of `--amp` (off, bf16 or fp16) for forward passes on `device`."""
     return torch.autocast(device.type, AMP_DTYPES[amp], enabled=amp != "off")

@@ -42,8 +42,8 @@ from dataset import (CACHE_MODES, NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDatas
 from evaluation import score, score_task
 from fileio import load_checkpoint, save_checkpoint, write_csv, write_json
 from loss import CRITERIA, MultiTaskLoss, create_criterion
-from model import (AMP_DTYPES, HEADS, autocast, create_model, freeze_backbone, load_weights, predict,
-                   to_memory_format)
+from model import (AMP_DTYPES, HEADS, autocast, check_amp, create_model, freeze_backbone, load_weights,
+                   place_model, predict, to_memory_format)
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
               "sgdp": SGDP, "adamp": AdamP}
@@ -298,14 +298,8 @@ def create_ema(args, model):
 
 def create_grad_scaler(amp, device):
     """The loss scaling that --amp fp16 needs against underflowing gradients (a pass-through otherwise)."""
-    if amp == "fp16" and device.type == "cpu":
-        raise cli.UserError("--amp fp16 is for GPUs (CPUs lack fast float16 arithmetic): use --amp bf16 on CPU")
+    check_amp(amp, device)
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-
-
-def place_model(model, device, channels_last=False):
-    """The model on the device, its weights in channels-last memory format if asked."""
-    return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
 
 
 class DivergedError(Exception):

@@ -186,3 +186,15 @@ def test_fold_prints_an_f1_for_every_variant(fold_outputs):
     for script, result in fold_outputs.items():
         match = FOLD_SCORE.search(result.stdout)
         assert match and 0 <= float(match[1]) <= 1, f"{script}: {result.stdout[-1000:]}"
+
+
+@pytest.mark.parametrize("script", ["inference.py", "inference_tta.py"])
+def test_bf16_and_channels_last_inference_agree_with_float32(sample_data, work, fold_outputs, script):
+    reference, views = ("plain", []) if script == "inference.py" else ("identity", ["--tta", "none"])
+    fast = run_variant(sample_data, work, script, f"fast_{script}", "--model_dir", work / "model/all", "--fold", "0",
+                       "--csv", work / "folds.csv", "--amp", "bf16", "--channels_last", *views)
+    ids, probabilities = read_probabilities(work / f"fast_{script}/probabilities.csv")
+    reference_ids, reference_probabilities = read_probabilities(work / reference / "probabilities.csv")
+    assert ids == reference_ids and not torch.equal(probabilities, reference_probabilities)  # bf16 rounds
+    assert torch.allclose(probabilities, reference_probabilities, atol=0.05)
+    assert FOLD_SCORE.search(fast.stdout)
