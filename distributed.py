@@ -82,7 +82,8 @@ class ShardSampler(Sampler):
 
     The draw is identical because it comes from `generator`, which train.py seeds from (seed, epoch) on every rank:
     samplers that draw from it directly, and those that draw from torch's global generator (torchsampler's) under a
-    seed taken from it, since the global generator differs from rank to rank (it augments)."""
+    seed taken from it, since the global generator differs from rank to rank (train.seed_epoch folds the rank
+    in)."""
 
     def __init__(self, sampler, rank, world_size, generator):
         self.sampler, self.rank, self.world_size, self.generator = sampler, rank, world_size, generator
