@@ -19,14 +19,13 @@ from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from cli import UserError
-from fileio import atomic_path, write_json
+from fileio import atomic_path, read_csv, write_json
 
 
 class MaskLabel(IntEnum):
@@ -146,7 +145,7 @@ def load_folds(csv_path, data_dir, fold):
     """The folds CSV, checked against data_dir and the requested fold."""
     if not csv_path.is_file():
         raise UserError(f"{csv_path} does not exist: run preprocess.py first or pass --csv")
-    frame = pd.read_csv(csv_path, dtype={"id": str})
+    frame = read_csv(csv_path, dtype={"id": str})
     missing = [column for column in FOLDS_COLUMNS if column not in frame.columns]
     if missing:
         raise UserError(f"{csv_path} is not a folds CSV (no {', '.join(missing)}): run preprocess.py")

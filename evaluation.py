@@ -17,6 +17,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 import cli
 from dataset import NUM_CLASSES, TASK_CLASSES, decode_label
+from fileio import read_csv
 
 
 def get_args_parser():
@@ -58,10 +59,7 @@ def read_labels(path, role):
     path = Path(path)
     if not path.is_file():
         raise cli.UserError(f"{role} {path} does not exist")
-    try:
-        frame = pd.read_csv(path, dtype={"ImageID": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise cli.UserError(f"{role} {path} is not a readable CSV: {str(error).splitlines()[0]}") from None
+    frame = read_csv(path, f"{role} {path}", dtype={"ImageID": str})
     missing = [column for column in ("ImageID", "ans") if column not in frame.columns]
     if missing:
         raise cli.UserError(f"{role} {path} lacks the column(s) {', '.join(missing)}")

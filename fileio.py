@@ -1,6 +1,6 @@
 """Files that survive a kill: atomic writes of CSVs, JSON and checkpoints, and safe checkpoint loading.
 
-Everything the toolkit writes goes to a temporary file in the destination's directory and is moved into
+CSVs are read with a one-line error for a file that is not one. Everything the toolkit writes goes to a temporary file in the destination's directory and is moved into
 place with `os.replace`, so a run killed at any moment leaves either the old file or the new one.
 Checkpoints are read with `torch.load(weights_only=True)`: a file that needs arbitrary pickles is refused.
 """
@@ -11,6 +11,7 @@ import pickle
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from cli import UserError
@@ -29,6 +30,15 @@ def atomic_path(path):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def read_csv(path, name=None, **options):
+    """pandas.read_csv(path, **options), with a one-line error naming the file (as `name`, by default its path)
+    when it is not a readable CSV."""
+    try:
+        return pd.read_csv(path, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UserError(f"{name or path} is not a readable CSV: {str(error).splitlines()[0]}") from None
 
 
 def write_csv(frame, path):

@@ -29,7 +29,7 @@ import cli
 from augmentation import create_transform
 from dataset import CACHE_MODES, ImageDataset, load_folds, loader_options, open_cache, training_targets
 from evaluation import score
-from fileio import load_checkpoint, write_csv
+from fileio import load_checkpoint, read_csv, write_csv
 from model import AMP_DTYPES, check_amp, create_model, load_weights, place_model, predict
 
 PROBABILITY_PREFIX = "prob_"
@@ -113,7 +113,7 @@ def read_info(eval_dir):
     info_path = Path(eval_dir) / "info.csv"
     if not info_path.is_file():
         raise cli.UserError(f"{info_path} does not exist: pass --data_dir or set SM_CHANNEL_EVAL")
-    info = pd.read_csv(info_path, dtype={"ImageID": str})
+    info = read_csv(info_path, dtype={"ImageID": str})
     if "ImageID" not in info.columns:
         raise cli.UserError(f"{info_path} lacks the ImageID column")
     return info
@@ -131,7 +131,6 @@ def read_eval_set(eval_dir):
 def read_held_out_fold(train_dir, csv, fold):
     """(info, paths, labels) of a validation fold as an eval set: ImageID is the photo's path under train_dir,
     labels are the true 18-class labels."""
-
     train_dir = Path(train_dir)
     frame = load_folds(Path(csv) if csv else train_dir.parent / "folds.csv", train_dir, fold)
     held_out = frame[frame["fold"] == fold]
@@ -188,10 +187,7 @@ def read_probabilities(path):
     if not path.is_file():
         raise cli.UserError(f"{path} does not exist: pass a probabilities.csv written by inference.py, "
                             "inference_tta.py or ensemble.py")
-    try:
-        frame = pd.read_csv(path, dtype={"ImageID": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise cli.UserError(f"{path} is not a readable CSV: {str(error).splitlines()[0]}") from None
+    frame = read_csv(path, dtype={"ImageID": str})
     classes = [column for column in frame.columns if column.startswith(PROBABILITY_PREFIX)]
     expected = [f"{PROBABILITY_PREFIX}{k}" for k in range(len(classes))]
     if "ImageID" not in frame.columns or not classes or set(classes) != set(expected) or frame.empty:

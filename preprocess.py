@@ -28,7 +28,7 @@ from tqdm import tqdm
 import cli
 from dataset import (GENDER_BY_NAME, IMAGE_EXTENSIONS, MASK_BY_STEM, MAX_AGE, MIN_AGE, MaskLabel, age_band,
                      encode_label, parse_person_folder)
-from fileio import write_csv
+from fileio import read_csv, write_csv
 
 TRAIN_CSV_COLUMNS = ("id", "gender", "race", "age", "path")
 CORRECTIONS_COLUMNS = ("id", "field", "value")
@@ -94,10 +94,7 @@ def check_train_csv(data_dir, folders):
     csv_path = data_dir.parent / "train.csv"
     if not csv_path.is_file():
         raise cli.UserError(f"{csv_path} is missing: the competition ships it beside images/")
-    try:
-        people = pd.read_csv(csv_path, dtype=str)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise cli.UserError(f"{csv_path} is not a readable CSV: {str(error).splitlines()[0]}") from None
+    people = read_csv(csv_path, dtype=str)
     missing_columns = [column for column in TRAIN_CSV_COLUMNS if column not in people.columns]
     if missing_columns:
         raise cli.UserError(f"{csv_path} lacks the column(s) {', '.join(missing_columns)}")
@@ -176,10 +173,7 @@ def read_corrections(path):
     path = Path(path)
     if not path.is_file():
         raise cli.UserError(f"corrections file {path} does not exist")
-    try:
-        corrections = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise cli.UserError(f"{path} is not a readable CSV: {str(error).splitlines()[0]}") from None
+    corrections = read_csv(path, dtype=str, keep_default_na=False)
     missing = [column for column in CORRECTIONS_COLUMNS if column not in corrections.columns]
     if missing:
         raise cli.UserError(f"{path} lacks the column(s) {', '.join(missing)} (expected id, field, value)")

@@ -327,7 +327,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, epoc
         with autocast(device, amp):
             logits = model(images)
         loss = criterion(logits.float(), targets)  # the loss in float32 whatever the autocast
-        mean_loss = distributed.mean(loss.item())  # over the ranks: one rank's NaN stops them all at this step
+        step_loss = loss.item()  # the step's one wait for the device
+        mean_loss = distributed.mean(step_loss)  # over the ranks: one rank's NaN stops them all at this step
         if not math.isfinite(mean_loss):
             raise DivergedError(f"loss became {mean_loss} at epoch {epoch}")
         optimizer.zero_grad(set_to_none=True)
@@ -341,7 +342,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, epoc
             ema.update(model)
         if not isinstance(scheduler, ReduceLROnPlateau):
             scheduler.step()
-        total_loss += loss.item() * len(images)  # item() syncs with the device once per step
+        total_loss += step_loss * len(images)
         seen += len(images)
         progress.set_postfix(loss=f"{total_loss / seen:.4f}")
     return total_loss / seen

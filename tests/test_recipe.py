@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import RandomSampler
 
 import preprocess
@@ -218,7 +219,6 @@ def test_single_task_runs_have_3_2_3_outputs_and_mix_into_task_soft_targets(task
 
 
 def test_strong_augmentation_keeps_the_input_size():
-    from PIL import Image
     image = Image.new("RGB", (96, 128), (120, 80, 60))
     assert StrongAugmentation((64, 48))(image).shape == (3, 64, 48)
 
