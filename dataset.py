@@ -12,6 +12,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from cli import UserError
+from faces import crop_box_pixels
 from fileio import atomic_path, read_csv, write_json
 
 
@@ -163,31 +165,41 @@ def read_image(path):
         return image.convert("RGB")
 
 
-def decode_image(path, size=None):
-    """The photo at `path` as a uint8 (H, W, 3) array, resized to `size` = (height, width) unless None."""
+def decode_image(path, size=None, region=None, zoom=1.0):
+    """The photo at `path` as a uint8 (H, W, 3) array, resized to `size` = (height, width) unless None; with a
+    `region` (fractions of the photo, see faces.crop_regions), only the box faces.crop_box_pixels makes of it."""
     try:
         with Image.open(path) as photo:
+            box = None if region is None else crop_box_pixels(region, photo.size, size, zoom)
             if size is not None:
                 # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers `size`: several times faster.
-                photo.draft("RGB", (size[1], size[0]))
+                shown = (photo.width, photo.height) if box is None else (box[2] - box[0], box[3] - box[1])
+                full_width, full_height = photo.size
+                photo.draft("RGB", (math.ceil(full_width * size[1] / shown[0]),
+                                    math.ceil(full_height * size[0] / shown[1])))
+                if box is not None:  # the box in the reduced photo's pixels
+                    scale_x, scale_y = photo.width / full_width, photo.height / full_height
+                    box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
             image = photo.convert("RGB")
     except OSError as error:
         raise UserError(f"cannot decode {path}: {error}") from None
-    if size is not None and image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    if size is not None and (box is not None or image.size != (size[1], size[0])):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
     return np.array(image)
 
 
-def decode_chunk(paths, size):
-    return np.stack([decode_image(path, size) for path in paths])
+def decode_chunk(items, size, zoom):
+    return np.stack([decode_image(path, size, region, zoom) for path, region in items])
 
 
-def decode_into(array, paths, size):
-    """Decodes the photos at `paths` into the rows of `array` on every core, with a progress bar."""
-    chunks = [paths[start:start + CACHE_CHUNK] for start in range(0, len(paths), CACHE_CHUNK)]
+def decode_into(array, paths, size, regions=None, zoom=1.0):
+    """Decodes the photos at `paths` (each cut to its region when `regions` are given) into the rows of `array` on
+    every core, with a progress bar."""
+    items = list(zip(paths, regions if regions is not None else [None] * len(paths)))
+    chunks = [items[start:start + CACHE_CHUNK] for start in range(0, len(items), CACHE_CHUNK)]
     processes = min(os.cpu_count() or 1, len(chunks))
     with (multiprocessing.Pool(processes) if processes > 1 else contextlib.nullcontext()) as pool:
-        decoded = (pool.imap if pool else map)(functools.partial(decode_chunk, size=size), chunks)
+        decoded = (pool.imap if pool else map)(functools.partial(decode_chunk, size=size, zoom=zoom), chunks)
         with tqdm(total=len(paths), desc=f"decoding photos at {size[0]}x{size[1]}", unit="photo") as progress:
             for start, pixels in zip(range(0, len(paths), CACHE_CHUNK), decoded):
                 array[start:start + len(pixels)] = pixels
@@ -195,29 +207,42 @@ def decode_into(array, paths, size):
 
 
 class DecodedCache:
-    """Every photo of a list decoded once at `size` = (height, width) into one uint8 array (N, H, W, 3), by path.
+    """Every photo of a list decoded once at `size` = (height, width) into one uint8 array (N, H, W, 3), by path;
+    with `regions` (one per path, fractions of the photo) each photo cut to its crop first, enlarged by `zoom`.
 
     `disk` keeps it in `directory` as <key>.u8, the raw pixels that numpy.memmap maps, and <key>.json, its manifest
-    (the size, and every photo's path, bytes and mtime_ns), key being a hash of the sorted paths and the size: later
-    epochs, runs and loader workers map the file (the OS page cache shares it) instead of decoding. A cache whose
-    manifest no longer matches the photos is rebuilt. A build writes the pixels under a temporary name, moves them
-    into place, and only then writes the manifest: a build killed halfway leaves no cache that is used. `ram` builds
-    the array in this process's memory for this run alone (loader workers share it by fork).
+    (the size, the crop, and every photo's path, bytes and mtime_ns), key being a hash of the sorted paths, the
+    size and the crop: later epochs, runs and loader workers map the file (the OS page cache shares it) instead of
+    decoding, and another crop or margin is another cache. A cache whose manifest no longer matches the photos is
+    rebuilt. A build writes the pixels under a temporary name, moves them into place, and only then writes the
+    manifest: a build killed halfway leaves no cache that is used. `ram` builds the array in this process's memory
+    for this run alone (loader workers share it by fork).
     """
 
-    def __init__(self, paths, size, mode="disk", directory=None):
-        self.paths = sorted({os.path.abspath(path) for path in paths})
+    def __init__(self, paths, size, mode="disk", directory=None, regions=None, zoom=1.0):
+        region_of = dict(zip((os.path.abspath(path) for path in paths),
+                             regions if regions is not None else [None] * len(paths)))
+        self.paths = sorted(region_of)
+        self.regions = None if regions is None else [[float(v) for v in region_of[path]] for path in self.paths]
+        self.zoom = zoom
         self.rows = {path: row for row, path in enumerate(self.paths)}
         self.size = tuple(size)
         self.shape = (len(self.paths), *self.size, 3)
         self.file = self.array = None
         if mode == "ram":
             self.array = np.empty(self.shape, np.uint8)
-            decode_into(self.array, self.paths, self.size)
+            self.decode(self.array)
         else:
-            key = hashlib.sha1(json.dumps([self.paths, self.size]).encode()).hexdigest()[:16]
+            key = hashlib.sha1(json.dumps([self.paths, self.size, self.crop()]).encode()).hexdigest()[:16]
             self.file = Path(directory) / f"{key}.u8"
             self.build_unless_fresh()
+
+    def crop(self):
+        """What the pixels are cut to: nothing, or every photo's region and the zoom."""
+        return None if self.regions is None else {"regions": self.regions, "zoom": self.zoom}
+
+    def decode(self, array):
+        decode_into(array, self.paths, self.size, self.regions, self.zoom)
 
     @property
     def manifest_file(self):
@@ -226,7 +251,7 @@ class DecodedCache:
     def manifest(self):
         """What a cache of the photos as they are now records: the size and each photo's path, bytes and mtime."""
         stats = [os.stat(path) for path in self.paths]
-        return {"size": list(self.size),
+        return {"size": list(self.size), "crop": self.crop(),
                 "files": [[path, stat.st_size, stat.st_mtime_ns] for path, stat in zip(self.paths, stats)]}
 
     def is_fresh(self, manifest):
@@ -251,7 +276,7 @@ class DecodedCache:
                 self.manifest_file.unlink()  # the pixels are about to change: nothing may vouch for them meanwhile
             with atomic_path(self.file) as temporary:
                 pixels = np.memmap(temporary, np.uint8, "w+", shape=self.shape)
-                decode_into(pixels, self.paths, self.size)
+                self.decode(pixels)
                 pixels.flush()
                 del pixels
             write_json(manifest, self.manifest_file)
@@ -267,11 +292,12 @@ class DecodedCache:
         return {**self.__dict__, "array": None} if self.file is not None else self.__dict__
 
 
-def open_cache(paths, size, mode, directory):
-    """The DecodedCache of the photos at `paths` at `size` for --cache disk or ram; None for off (decode per item)."""
+def open_cache(paths, size, mode, directory, regions=None, zoom=1.0):
+    """The DecodedCache of the photos at `paths` at `size` (cut to `regions`) for --cache disk or ram; None for off
+    (decode per item)."""
     if mode == "off" or not paths:
         return None
-    return DecodedCache(paths, size, mode, directory)
+    return DecodedCache(paths, size, mode, directory, regions, zoom)
 
 
 def loader_options(workers, device, persistent=False):
@@ -315,22 +341,27 @@ class SeededSampler(Sampler):
 
 
 class ImageDataset(Dataset):
-    """Photos by path as uint8 (3, H, W) tensors, decoded at `size` = (H, W) (None: as stored) -- read from `cache`,
-    a DecodedCache holding them, or decoded per item without one -- then `transform`ed; with integer targets for
-    training and validation or none for the eval set."""
+    """Photos by path as uint8 (3, H, W) tensors, decoded at `size` = (H, W) (None: as stored), each cut to its
+    crop `regions` row (None: the whole photo) enlarged by `zoom` -- read from `cache`, a DecodedCache holding
+    them, or decoded per item without one -- then `transform`ed; with integer targets for training and validation
+    or none for the eval set."""
 
-    def __init__(self, paths, targets=None, transform=None, size=None, cache=None):
+    def __init__(self, paths, targets=None, transform=None, size=None, cache=None, regions=None, zoom=1.0):
         self.paths = [Path(path) for path in paths]
         self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
         self.transform, self.size, self.cache = transform, size, cache
+        self.regions, self.zoom = regions, zoom
 
     def __len__(self):
         return len(self.paths)
 
     def load(self, index):
-        """The photo at `index` as decoded, before the transform: a uint8 (3, H, W) tensor."""
+        """The photo at `index` as decoded and cropped, before the transform: a uint8 (3, H, W) tensor."""
         path = self.paths[index]
-        pixels = decode_image(path, self.size) if self.cache is None else self.cache.pixels(path)
+        if self.cache is not None:
+            pixels = self.cache.pixels(path)
+        else:
+            pixels = decode_image(path, self.size, None if self.regions is None else self.regions[index], self.zoom)
         return torch.from_numpy(pixels).permute(2, 0, 1)
 
     def __getitem__(self, item):

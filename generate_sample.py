@@ -16,7 +16,10 @@ Layout written under --out:
 
 Every person is drawn from numpy.random.default_rng([seed, split, index]), so
 person k looks the same whatever the number of people, and the same seed gives
-byte-identical files.
+byte-identical files. People stand at different distances and places, as in
+real photos: the face spans about 20-35% of the photo's width, its centre
+wanders over the upper middle, so a model that sees the whole photo squashed
+sees a small face, and cropping to it matters.
 """
 
 import argparse
@@ -42,6 +45,11 @@ MALE_SHARE = {"train": 0.40, "eval": 0.50}
 # ages 18-59: many in their 20s and 50s, fewer in between, like the real set
 AGE_RANGES = [(18, 29), (30, 49), (50, 59)]
 AGE_RANGE_WEIGHTS = [0.45, 0.20, 0.35]
+
+# the face's width as a fraction of the photo's (people at different distances), and the half-width it is drawn
+# at when that fraction is 1 / (2 * FACE_HALF_WIDTH / WIDTH)
+FACE_WIDTH = (0.2, 0.35)
+FACE_HALF_WIDTH = 82
 
 MASK_COLOURS = {
     "white": (238, 238, 234),
@@ -72,6 +80,8 @@ class Person:
     face_w: float
     face_h: float
     size: float
+    offset_x: float
+    offset_y: float
     jaw: float
     brow_width: int
     hairline: float
@@ -137,7 +147,9 @@ def make_person(seed, split, index):
         clothes=tuple(int(c) for c in rng.integers(20, 236, 3)),
         face_w=rng.uniform(0.9, 1.1),
         face_h=rng.uniform(0.92, 1.08),
-        size=rng.uniform(0.9, 1.1),
+        size=rng.uniform(FACE_WIDTH[0], FACE_WIDTH[1]) * WIDTH / (2 * FACE_HALF_WIDTH),
+        offset_x=rng.uniform(-0.1, 0.1),
+        offset_y=rng.uniform(-0.06, 0.06),
         jaw=jaw,
         brow_width=brow_width,
         hairline=rng.uniform(0.5, 0.68),
@@ -204,9 +216,9 @@ def render_photo(p, stem, rng):
     img = p.background.copy()
     draw = ImageDraw.Draw(img)
     scale = p.size * rng.uniform(0.96, 1.04)
-    cx = WIDTH / 2 + rng.uniform(-0.04, 0.04) * WIDTH
-    cy = HEIGHT * 0.42 + rng.uniform(-0.03, 0.03) * HEIGHT
-    fw, fh = 82 * scale * p.face_w, 106 * scale * p.face_h
+    cx = WIDTH * (0.5 + p.offset_x + rng.uniform(-0.03, 0.03))
+    cy = HEIGHT * (0.38 + p.offset_y + rng.uniform(-0.02, 0.02))
+    fw, fh = FACE_HALF_WIDTH * scale * p.face_w, 106 * scale * p.face_h
     eye_y, brow_y = cy - 0.1 * fh, cy - 0.3 * fh
     dark_skin = lerp(p.skin, (0, 0, 0), 0.2)
 

@@ -14,7 +14,10 @@ With `--fold K` the eval set is fold K of the folds CSV (ImageID = the photo's p
 the same files are written and the macro F1 on that fold is printed, so TTA views and ensemble weights
 are chosen on validation rather than on the leaderboard. Each photo is decoded once at each run's --resize into
 a cache beside the images (`--cache disk`, as train.py does; runs of the same size share it, and so do later
-calls). inference_tta.py and ensemble.py share these flags and functions.
+calls). Each run sees the photos cropped as it was trained (its config's --crop, --face_margin, --crop_box): the
+eval photos' faces are detected on the first inference that needs them and kept in faces.csv beside info.csv
+(detected again only for photos added or changed since), those of a held-out fold come from the folds CSV.
+inference_tta.py and ensemble.py share these flags and functions.
 """
 import json
 import os
@@ -29,6 +32,7 @@ import cli
 from augmentation import create_transform
 from dataset import CACHE_MODES, ImageDataset, load_folds, loader_options, open_cache, training_targets
 from evaluation import score
+from faces import BOX_COLUMNS, crop_regions, fallback_face, kept_boxes
 from fileio import load_checkpoint, read_csv, write_csv
 from model import AMP_DTYPES, check_amp, create_model, load_weights, place_model, predict
 
@@ -132,10 +136,45 @@ def read_held_out_fold(train_dir, csv, fold):
     """(info, paths, labels) of a validation fold as an eval set: ImageID is the photo's path under train_dir,
     labels are the true 18-class labels."""
     train_dir = Path(train_dir)
-    frame = load_folds(Path(csv) if csv else train_dir.parent / "folds.csv", train_dir, fold)
+    frame = read_folds(csv, train_dir, fold)
     held_out = frame[frame["fold"] == fold]
     info = pd.DataFrame({"ImageID": held_out["path"].to_numpy(), "ans": 0})
     return info, [train_dir / path for path in held_out["path"]], training_targets(held_out)
+
+
+def read_folds(csv, train_dir, fold):
+    return load_folds(Path(csv) if csv else Path(train_dir).parent / "folds.csv", Path(train_dir), fold)
+
+
+class FaceBoxes:
+    """The face boxes of the photos predicted, found when a run first needs them: for --fold K the folds CSV's,
+    the photos without a face falling back on the median face of the whole CSV as in training; for the eval set
+    detected once and kept in faces.csv beside info.csv (faces.kept_boxes), falling back on its own median."""
+
+    def __init__(self, args, paths, device):
+        self.args, self.paths, self.device = args, paths, device
+        self.boxes = self.fallback = None
+
+    def find(self):
+        if self.args.fold is None:
+            images = Path(self.args.data_dir) / "images"
+            self.boxes = kept_boxes(self.paths, [os.path.relpath(path, images) for path in self.paths],
+                                    Path(self.args.data_dir) / "faces.csv", self.device)
+            self.fallback = fallback_face(self.boxes)
+            return
+        frame = read_folds(self.args.csv, self.args.train_dir, self.args.fold)
+        if not set(BOX_COLUMNS) <= set(frame.columns):
+            raise cli.UserError("the folds CSV has no face boxes: rerun preprocess.py without --faces off")
+        self.boxes = frame.loc[frame["fold"] == self.args.fold, list(BOX_COLUMNS)].reset_index(drop=True)
+        self.fallback = fallback_face(frame)
+
+    def regions(self, config):
+        """Each photo's crop region under the run's config (faces.crop_regions); None for the whole photo."""
+        crop = config.get("crop", "none")  # runs saved before crops existed saw the whole photo
+        if crop == "face" and self.boxes is None:
+            self.find()
+        boxes = self.boxes if crop == "face" else pd.DataFrame(index=range(len(self.paths)))
+        return crop_regions(boxes, crop, config.get("face_margin", 0.0), config.get("crop_box"), self.fallback)
 
 
 def read_images(args):
@@ -157,12 +196,13 @@ def make_loader(dataset, batch_size, workers, device):
 
 
 def predict_run(model, config, paths, batch_size, workers, device, cache="off", cache_dir=None, amp="off",
-                channels_last=False):
-    """Class probabilities of the photos at `paths`, decoded at the run's --resize (kept as `cache` says) and seen
-    through its evaluation transform; the forward passes under `amp` autocast, channels-last if asked."""
+                channels_last=False, regions=None):
+    """Class probabilities of the photos at `paths`, each cut to its crop `regions` row (None: whole), decoded at
+    the run's --resize (kept as `cache` says) and seen through its evaluation transform; the forward passes under
+    `amp` autocast, channels-last if asked."""
     size = tuple(config["resize"])
     dataset = ImageDataset(paths, transform=create_transform("BaseAugmentation", size), size=size,
-                           cache=open_cache(paths, size, cache, cache_dir))
+                           cache=open_cache(paths, size, cache, cache_dir, regions), regions=regions)
     loader = make_loader(dataset, batch_size, workers, device)
     return predict(model, loader, config["head"], device, amp=amp, channels_last=channels_last)[0]
 
@@ -171,12 +211,12 @@ def predict_runs(run_dirs, paths, args, device, task="all", predict_one=predict_
     """Mean class probabilities of the runs (a soft vote) over the photos at `paths`; `predict_one` takes
     predict_run's arguments (inference_tta.py passes its views)."""
     check_amp(args.amp, device)
-    total = 0
+    faces, total = FaceBoxes(args, paths, device), 0
     for run_dir in run_dirs:
         model, config = load_run(run_dir, device, args.checkpoint, task, args.fold)
         total = total + predict_one(place_model(model, device, args.channels_last), config, paths, args.batch_size,
                                     args.workers, device, cache=args.cache, cache_dir=cache_dir(args), amp=args.amp,
-                                    channels_last=args.channels_last)
+                                    channels_last=args.channels_last, regions=faces.regions(config))
     return total / len(run_dirs)
 
 

@@ -82,8 +82,8 @@ class ViewsDataset(ImageDataset):
     """Each photo decoded once at `size` (read from `cache` when given): its evaluation view followed by
     `random_views` augmented ones, stacked."""
 
-    def __init__(self, paths, size, cache, transform, augment, random_views, seed):
-        super().__init__(paths, transform=transform, size=size, cache=cache)
+    def __init__(self, paths, size, cache, transform, augment, random_views, seed, regions=None):
+        super().__init__(paths, transform=transform, size=size, cache=cache, regions=regions)
         self.augment, self.random_views, self.seed = augment, random_views, seed
 
     def __getitem__(self, index):
@@ -97,19 +97,20 @@ class ViewsDataset(ImageDataset):
 
 @torch.no_grad()
 def predict_views(model, config, paths, batch_size, workers, device, views, random_views=0, seed=0,
-                  augmentation=None, cache="off", cache_dir=None, amp="off", channels_last=False):
+                  augmentation=None, cache="off", cache_dir=None, amp="off", channels_last=False, regions=None):
     """Class probabilities of the photos at `paths`, averaged over the views of the evaluation view and over
     `random_views` photos augmented by `augmentation` (default: the run's training augmentation); the photos are
-    decoded at the run's --resize, kept as `cache` says; the forward passes under `amp` autocast, channels-last
-    if asked."""
+    decoded at the run's --resize and crop (`regions`, as inference.predict_run), kept as `cache` says; the forward
+    passes under `amp` autocast, channels-last if asked."""
     augmentation = augmentation or config.get("augmentation", "BaseAugmentation")
     if random_views and augmentation not in AUGMENTATIONS:
         raise cli.UserError(f"the run's augmentation {augmentation!r} is unknown here: pass --tta_augmentation "
                             f"({', '.join(AUGMENTATIONS)})")
     size = tuple(config["resize"])
-    dataset = ViewsDataset(paths, size, open_cache(paths, size, cache, cache_dir),
+    dataset = ViewsDataset(paths, size, open_cache(paths, size, cache, cache_dir, regions),
                            create_transform("BaseAugmentation", size),
-                           create_transform(augmentation, size) if random_views else None, random_views, seed)
+                           create_transform(augmentation, size) if random_views else None, random_views, seed,
+                           regions)
     model.eval()
     probabilities = []
     for batch in tqdm(make_loader(dataset, batch_size, workers, device), desc="tta", unit="batch", leave=False):

@@ -4,6 +4,7 @@
     python preprocess.py                          # writes data/train/folds.csv
     python preprocess.py --kfold 5 --seed 42 --skip_bad --output data/train/folds.csv
     python preprocess.py --corrections corrections.csv    # fixes known label errors before the split
+    python preprocess.py --faces off                      # no face detection (train.py --crop box or none)
 
 Every person folder must be named `{id}_{gender}_{race}_{age}` and hold the seven photos
 mask1..mask5, incorrect_mask and normal (.jpg/.jpeg/.png). Hidden files (`._mask1.jpg`, `.DS_Store`) are
@@ -16,11 +17,16 @@ of a split) and stratified on the person's gender x age class.
 the columns id, field, value, one fix per row. field `gender` sets the person's gender to value (male or
 female), `age` sets their age to value, `mask_swap` swaps the labels of their incorrect_mask and normal
 photos (value ignored). An unknown id or field stops the run.
+
+Every photo's face is detected once here (faces.py, MTCNN): the most confident face's box, as fractions of the
+photo, and its score go into the folds CSV (face_x1, face_y1, face_x2, face_y2, face_score; empty where none was
+found), and the photos without a face are listed in no_face.csv beside it. train.py crops to these boxes.
 """
 import warnings
 from pathlib import Path
 
 import pandas as pd
+import torch
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
@@ -28,6 +34,7 @@ from tqdm import tqdm
 import cli
 from dataset import (GENDER_BY_NAME, IMAGE_EXTENSIONS, MASK_BY_STEM, MAX_AGE, MIN_AGE, MaskLabel, age_band,
                      encode_label, parse_person_folder)
+from faces import box_frame, detect_faces, report_detection
 from fileio import read_csv, write_csv
 
 TRAIN_CSV_COLUMNS = ("id", "gender", "race", "age", "path")
@@ -45,6 +52,11 @@ def get_args_parser():
                  help="skip malformed folders, stray files and undecodable photos instead of stopping")
     cli.add_flag(data, "corrections", default=None, metavar="FILE",
                  help="CSV of label fixes (id, field, value; field gender, age or mask_swap) applied before the split")
+    faces = parser.add_argument_group("faces")
+    cli.add_flag(faces, "faces", default="on", choices=("on", "off"),
+                 help="detect the face of every photo and write its box into the folds CSV")
+    cli.add_flag(faces, "device", default="cuda" if torch.cuda.is_available() else "cpu",
+                 help="device of the face detector (on a CPU the photos are spread over the cores)")
     split = parser.add_argument_group("split")
     cli.add_flag(split, "kfold", type=int, default=5, help="number of folds")
     cli.add_flag(split, "seed", type=int, default=42, help="seed of the fold assignment")
@@ -234,6 +246,10 @@ def main():
         for change in changes:
             print(f"corrected {change}")
     frame = assign_folds(label_rows(frame), args.kfold, args.seed)
+    if args.faces == "on":
+        boxes = box_frame(detect_faces([data_dir / path for path in frame["path"]], args.device))
+        frame = pd.concat([frame.reset_index(drop=True), boxes], axis=1)
+        report_detection(boxes, frame["path"], output.parent / "no_face.csv")
     write_csv(frame, output)
     sizes = frame.groupby("fold")["id"].nunique().tolist()
     print(f"wrote {output}: {len(frame)} images of {frame['id'].nunique()} people, "

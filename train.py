@@ -40,6 +40,7 @@ from dataset import (CACHE_MODES, NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDatas
                      inverse_frequency, load_folds, loader_options, num_target_classes, open_cache, parse_age_range,
                      training_targets)
 from evaluation import score, score_task
+from faces import CROP_MODES, check_crop_box, crop_regions
 from fileio import load_checkpoint, save_checkpoint, write_csv, write_json
 from loss import CRITERIA, MultiTaskLoss, create_criterion
 from model import (AMP_DTYPES, HEADS, autocast, check_amp, create_model, freeze_backbone, load_weights,
@@ -63,6 +64,13 @@ def get_args_parser():
                       "and the out-of-fold predictions in run_dir/oof.csv")
     cli.add_flag(data, "resize", type=int, nargs=2, default=[128, 96], metavar=("H", "W"),
                  help="input height and width, the same at validation and inference")
+    cli.add_flag(data, "crop", default="face", choices=CROP_MODES,
+                 help="face: the face box of the folds CSV grown by --face_margin (photos without a face: the median "
+                      "box), at --resize's aspect ratio; box: --crop_box of every photo; none: the whole photo resized")
+    cli.add_flag(data, "face_margin", type=float, default=0.4,
+                 help="--crop face: the margin added on each side, as a fraction of the face box's width and height")
+    cli.add_flag(data, "crop_box", type=float, nargs=4, default=None, metavar=("X1", "Y1", "X2", "Y2"),
+                 help="--crop box: the region shown, as fractions of the photo's width and height")
     cli.add_flag(data, "augmentation", default="CustomAugmentation", choices=list(AUGMENTATIONS),
                  help="training transform (validation always uses BaseAugmentation)")
     cli.add_flag(data, "batch_size", type=int, default=64, help="training batch size (per process under torchrun)")
@@ -198,6 +206,17 @@ def training_frame(frame, fold, drop_ages=None):
     return kept
 
 
+def run_crop_regions(args, frame):
+    """Each row's crop region under --crop, --face_margin and --crop_box (faces.crop_regions), None for none."""
+    if args.crop == "box":
+        if args.crop_box is None:
+            raise cli.UserError("--crop box needs --crop_box X1 Y1 X2 Y2 (fractions of the photo)")
+        check_crop_box(args.crop_box)
+    if args.face_margin < 0:
+        raise cli.UserError(f"--face_margin {args.face_margin} must be 0 or more")
+    return crop_regions(frame, args.crop, args.face_margin, args.crop_box)
+
+
 def create_sampler(name, dataset, labels, generator=None):
     """A shuffle (what DataLoader's shuffle=True would draw), or a sampler that draws with replacement, rare classes
     as often as common ones: weighted by the inverse frequency of the 18-class `labels`, imbalanced by the dataset's
@@ -215,15 +234,24 @@ def build_loaders(args, frame, data_dir, device):
     if args.old_age <= 30:
         raise cli.UserError(f"--old_age {args.old_age} must be over 30, the lower bound of the 30-59 band")
     train_frame, valid_frame = training_frame(frame, args.fold, args.drop_ages), frame[frame["fold"] == args.fold]
-    # Photos decoded once per size (random crops want a margin) into caches of every fold, which each fold reuses.
+    # Photos decoded once per size and crop (random crops want a margin) into caches of every fold, which each fold
+    # reuses; the crop of a photo without a face comes from the faces of the whole set.
+    regions = run_crop_regions(args, frame)
     train_size, valid_size = decode_size(args.augmentation, args.resize), tuple(args.resize)
+    train_zoom = AUGMENTATIONS[args.augmentation].margin
     all_photos, cache_dir = [data_dir / p for p in frame["path"]], Path(args.cache_dir or data_dir.parent / ".cache")
-    caches = {size: open_cache(all_photos, size, args.cache, cache_dir) for size in {train_size, valid_size}}
-    train_set = ImageDataset([data_dir / p for p in train_frame["path"]],
-                             training_targets(train_frame, args.task, args.old_age),
-                             create_transform(args.augmentation, args.resize), train_size, caches[train_size])
-    valid_set = ImageDataset([data_dir / p for p in valid_frame["path"]], training_targets(valid_frame, args.task),
-                             create_transform("BaseAugmentation", args.resize), valid_size, caches[valid_size])
+    caches = {(size, zoom): open_cache(all_photos, size, args.cache, cache_dir, regions, zoom)
+              for size, zoom in {(train_size, train_zoom), (valid_size, 1.0)}}
+
+    def image_set(rows, targets, transform, size, zoom):
+        rows_regions = None if regions is None else regions[frame.index.get_indexer(rows.index)]
+        return ImageDataset([data_dir / p for p in rows["path"]], targets, transform, size, caches[size, zoom],
+                            rows_regions, zoom)
+
+    train_set = image_set(train_frame, training_targets(train_frame, args.task, args.old_age),
+                          create_transform(args.augmentation, args.resize), train_size, train_zoom)
+    valid_set = image_set(valid_frame, training_targets(valid_frame, args.task),
+                          create_transform("BaseAugmentation", args.resize), valid_size, 1.0)
     # Every random draw of the training loader comes from `draws`, which seed_epoch re-seeds each epoch: the order,
     # the sampler's draws and a seed per item for its augmentation (SeededSampler), whichever worker loads it. So
     # workers persist between epochs, and a resumed run replays the epochs it continues. The loader's own generator
@@ -523,12 +551,15 @@ def train_all_folds(args, frame, run_dir, resume=False):
           f"oof.csv, oof_metrics.json and the fold runs in {run_dir}")
 
 
+LEGACY_DEFAULTS = {"crop": "none"}  # what runs saved before a flag existed did, where its default differs
+
+
 def resumed_args(run_dir):
     """The saved arguments of an interrupted run: a single-fold run, or a --fold all parent of fold runs."""
     for config_path, fold in ((run_dir / "config.json", None), (run_dir / "fold0" / "config.json", "all")):
         if config_path.is_file():
             defaults = vars(get_args_parser().parse_args([]))  # for flags added since the run was saved
-            args = argparse.Namespace(**{**defaults, **json.loads(config_path.read_text())})
+            args = argparse.Namespace(**{**defaults, **LEGACY_DEFAULTS, **json.loads(config_path.read_text())})
             args.fold = fold if fold is not None else args.fold
             return args
     raise cli.UserError(f"{run_dir} is not a run directory (no config.json): pass the folder train.py made")

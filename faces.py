@@ -1,0 +1,223 @@
+"""Where the face is in each photo, and which pixels of the photo the model sees.
+
+Not a script: preprocess.py, inference.py, crop_faces.py and the datasets call it.
+
+Detection is facenet-pytorch's MTCNN, whose three small networks ship inside the wheel (it works offline). On a GPU
+it sees batches of same-size photos; on a CPU the photos are spread over the cores, one detector per process.
+A photo's face is its most confident detection. Boxes are kept as fractions of the photo's width and height
+(x1, y1, x2, y2): the faces of one data set then have a median, the fallback of the photos where none was found,
+and `--crop box` names the same region of every photo whatever its size.
+
+The crop, one definition for training, validation, inference and TTA: the face box grown by `margin` times its
+width and height on each side (the region), widened or heightened to the aspect ratio of the output size, scaled
+by `zoom` (training decodes a larger view for its random crops to act in), shrunk to fit the photo if it is larger,
+and shifted inside it. `dataset.decode_image` cuts that box out and resizes it to the output size.
+"""
+import contextlib
+import multiprocessing
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+from facenet_pytorch import MTCNN
+from tqdm import tqdm
+
+from cli import UserError
+from fileio import read_csv, write_csv
+
+CROP_MODES = ("face", "box", "none")
+BOX_COLUMNS = ("face_x1", "face_y1", "face_x2", "face_y2")  # fractions of the photo's width and height
+SCORE_COLUMN = "face_score"
+MIN_FACE_SIZE = 40  # pixels: the same faces as MTCNN's default of 20 on these photos, at about half the CPU time
+DETECT_CHUNK = 8  # photos per task on the CPU: keeps the progress bar moving
+GPU_BATCH = 32
+WHOLE_PHOTO = (0.0, 0.0, 1.0, 1.0)
+
+
+def create_detector(device="cpu", min_face_size=MIN_FACE_SIZE):
+    """MTCNN returning every face it finds; this module orders them by confidence."""
+    return MTCNN(min_face_size=min_face_size, keep_all=True, select_largest=False, device=device)
+
+
+def faces_in(detector, images):
+    """The faces of each uint8 (H, W, 3) array of `images` (all of one size): a list per image of (box, score),
+    box = (x1, y1, x2, y2) as fractions of the photo, most confident first."""
+    boxes, scores = detector.detect(images if len(images) > 1 else images[0])
+    if len(images) == 1:
+        boxes, scores = [boxes], [scores]
+    height, width = images[0].shape[:2]
+    scale = np.array([width, height, width, height], dtype=float)
+    found = []
+    for photo_boxes, photo_scores in zip(boxes, scores):
+        if photo_boxes is None:
+            found.append([])
+            continue
+        # detect() hands back object arrays: cast before any arithmetic
+        photo_boxes = np.asarray(photo_boxes, dtype=float).reshape(-1, 4) / scale
+        photo_scores = np.asarray(photo_scores, dtype=float).reshape(-1)
+        found.append([(tuple(np.clip(photo_boxes[k], 0, 1)), float(photo_scores[k]))
+                      for k in np.argsort(-photo_scores)])
+    return found
+
+
+_worker_detector = None
+
+
+def _start_worker(min_face_size):
+    global _worker_detector
+    torch.set_num_threads(1)  # one core per process: the processes share them out
+    _worker_detector = create_detector("cpu", min_face_size)
+
+
+def _detect_chunk(paths):
+    from dataset import decode_image  # dataset imports this module's geometry
+    return [faces_in(_worker_detector, [decode_image(path)])[0] for path in paths]
+
+
+def detect_on_cpu(paths, min_face_size, progress):
+    chunks = [paths[start:start + DETECT_CHUNK] for start in range(0, len(paths), DETECT_CHUNK)]
+    processes = min(os.cpu_count() or 1, len(chunks))
+    if processes <= 1:
+        _start_worker(min_face_size)
+        pool = contextlib.nullcontext()
+    else:
+        pool = multiprocessing.Pool(processes, _start_worker, (min_face_size,))
+    found = []
+    with pool:
+        for chunk_faces in (pool.imap if processes > 1 else map)(_detect_chunk, chunks):
+            found.extend(chunk_faces)
+            progress.update(len(chunk_faces))
+    return found
+
+
+def detect_on_gpu(paths, device, min_face_size, progress):
+    from dataset import decode_image
+    detector, found, batch = create_detector(device, min_face_size), [], []
+
+    def flush():
+        found.extend(faces_in(detector, batch))
+        progress.update(len(batch))
+        batch.clear()
+
+    for path in paths:
+        image = decode_image(path)
+        if batch and (image.shape != batch[0].shape or len(batch) == GPU_BATCH):
+            flush()
+        batch.append(image)
+    if batch:
+        flush()
+    return found
+
+
+def detect_faces(paths, device="cpu", min_face_size=MIN_FACE_SIZE):
+    """Every face of every photo at `paths`: per photo a list of (box, score), most confident first, boxes as
+    fractions of the photo. With a progress bar; a photo that does not decode stops with the one-line error."""
+    paths = [str(path) for path in paths]
+    device = torch.device(device)
+    with tqdm(total=len(paths), desc="detecting faces", unit="photo") as progress:
+        if device.type == "cuda":
+            return detect_on_gpu(paths, device, min_face_size, progress)
+        return detect_on_cpu(paths, min_face_size, progress)
+
+
+def box_frame(faces):
+    """The most confident face of each photo as a frame of BOX_COLUMNS and SCORE_COLUMN, NaN where none was found."""
+    rows = [(*found[0][0], found[0][1]) if found else (np.nan,) * 5 for found in faces]
+    return pd.DataFrame(rows, columns=[*BOX_COLUMNS, SCORE_COLUMN])
+
+
+def report_detection(frame, names, missing_path):
+    """Writes the photos without a face to `missing_path` (one `path` per row) and prints how many had one."""
+    missing = frame[SCORE_COLUMN].isna().to_numpy()
+    write_csv(pd.DataFrame({"path": np.asarray(names)[missing]}), missing_path)
+    print(f"faces: found in {len(frame) - missing.sum()} of {len(frame)} photos; "
+          f"the {missing.sum()} without one are listed in {missing_path}")
+
+
+def kept_boxes(paths, names, store, device="cpu"):
+    """The most confident face of each photo at `paths` (as box_frame gives it), detected only where `store`, a CSV
+    of earlier detections, holds no row for the photo as it is now (its name in `names`, its bytes and mtime):
+    the first call detects them all, later ones reuse them, a changed or new photo is detected again. `store` is
+    rewritten with the result, the photos without a face are listed in no_face.csv beside it, and the count
+    printed."""
+    stats = [os.stat(path) for path in paths]
+    current = pd.DataFrame({"path": list(names), "bytes": [stat.st_size for stat in stats],
+                            "mtime_ns": [stat.st_mtime_ns for stat in stats]})
+    try:
+        kept = read_csv(store, dtype={"path": str}) if store.is_file() else None
+    except UserError:
+        kept = None  # an unreadable store is detected anew
+    columns = [*current.columns, *BOX_COLUMNS, SCORE_COLUMN]
+    if kept is None or not set(columns) <= set(kept.columns):
+        kept = pd.DataFrame(columns=columns)
+    merged = current.merge(kept[columns].drop_duplicates(["path", "bytes", "mtime_ns"]), how="left",
+                           on=["path", "bytes", "mtime_ns"], indicator=True)
+    stale = (merged.pop("_merge") == "left_only").to_numpy()
+    if stale.any():
+        if len(kept):
+            print(f"faces: detecting the {stale.sum()} photos that {store} does not hold as they are now")
+        detected = box_frame(detect_faces([path for path, new in zip(paths, stale) if new], device))
+        merged.loc[stale, [*BOX_COLUMNS, SCORE_COLUMN]] = detected.to_numpy()
+        write_csv(merged, store)
+    boxes = merged[[*BOX_COLUMNS, SCORE_COLUMN]].astype(float)
+    report_detection(boxes, names, store.parent / "no_face.csv")
+    return boxes
+
+
+def grow(boxes, margin):
+    """Boxes (N, 4) grown by `margin` times their width and height on each side."""
+    boxes = np.asarray(boxes, dtype=float)
+    pad = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1) * margin
+    return boxes + pad * np.array([-1, -1, 1, 1])
+
+
+def fallback_face(boxes):
+    """The median face box of the photos of `boxes` (a frame of BOX_COLUMNS) with a face; None if none has one."""
+    found = boxes[list(BOX_COLUMNS)].dropna()
+    return None if found.empty else found.median().to_numpy()
+
+
+def crop_regions(boxes, crop="face", margin=0.4, crop_box=None, fallback=None):
+    """The region of each photo that the model sees, (N, 4) fractions, one per row of the frame `boxes`, or None
+    for the whole photo squashed (`none`). `face`: the photo's face box (BOX_COLUMNS) grown by `margin`; a photo
+    without one gets `fallback` (default: the median face of `boxes`, as the faces of one data set sit at about
+    the same place) grown alike, and the whole photo when the set has no face at all. `box`: `crop_box` for every
+    photo."""
+    if crop == "none":
+        return None
+    if crop == "box":
+        return np.tile(np.asarray(crop_box, dtype=float), (len(boxes), 1))
+    if not set(BOX_COLUMNS) <= set(boxes.columns):
+        raise UserError("no face boxes: run preprocess.py without --faces off, or train with --crop box or none")
+    fallback = fallback_face(boxes) if fallback is None else fallback
+    faces = np.array(boxes[list(BOX_COLUMNS)], dtype=float)
+    missing = np.isnan(faces).any(axis=1)
+    faces[missing] = fallback if fallback is not None else WHOLE_PHOTO
+    regions = grow(faces, margin)
+    if fallback is None:
+        regions[missing] = WHOLE_PHOTO
+    return regions.round(6)  # what the cache's manifest records, so that cached and fresh decodes agree
+
+
+def crop_box_pixels(region, photo_size, out_size, zoom=1.0):
+    """The pixel box (left, top, right, bottom) of a photo of `photo_size` = (width, height) that shows `region`
+    (fractions) at the aspect ratio of `out_size` = (height, width), scaled by `zoom` and kept inside the photo."""
+    photo_width, photo_height = photo_size
+    x1, y1, x2, y2 = np.asarray(region, dtype=float) * [photo_width, photo_height, photo_width, photo_height]
+    width, height = (x2 - x1) * zoom, (y2 - y1) * zoom
+    aspect = out_size[1] / out_size[0]
+    width, height = max(width, height * aspect), max(height, width / aspect)
+    fit = min(1.0, photo_width / width, photo_height / height)
+    width, height = width * fit, height * fit
+    left = min(max((x1 + x2 - width) / 2, 0.0), photo_width - width)
+    top = min(max((y1 + y2 - height) / 2, 0.0), photo_height - height)
+    return left, top, left + width, top + height
+
+
+def check_crop_box(values):
+    """--crop_box x1 y1 x2 y2: fractions with x1 < x2 and y1 < y2."""
+    x1, y1, x2, y2 = values
+    if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+        raise UserError(f"--crop_box {x1} {y1} {x2} {y2}: fractions of the photo with 0 <= x1 < x2 <= 1 and "
+                        "0 <= y1 < y2 <= 1")
