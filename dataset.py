@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -47,8 +48,75 @@ class AgeLabel(IntEnum):
     OLD = 2     # 60 and over
 
 
-NUM_CLASSES = 18
-TASK_CLASSES = {"mask": 3, "gender": 2, "age": 3}  # the three tasks, in encoding order
+class LabelScheme:
+    """The classes a run predicts and the tasks they factor into, saved in every run's config.json.
+
+    `tasks` maps each task to its class names, in encoding order; the classes are every combination of one class
+    per task, the last task varying fastest, so that label = sum of task label * the product of the later tasks'
+    sizes (the competition's mask * 6 + gender * 3 + age). A class-folder data set has one task, `class`, whose
+    classes are its folder names, sorted.
+    """
+
+    def __init__(self, name, tasks):
+        self.name = name
+        self.tasks = {task: list(names) for task, names in tasks.items()}
+        self.sizes = [len(names) for names in self.tasks.values()]
+        self.num_classes = math.prod(self.sizes)
+        self.strides = [math.prod(self.sizes[k + 1:]) for k in range(len(self.sizes))]
+
+    @property
+    def classes(self):
+        """The name of every class in label order: its tasks' class names joined by `/`."""
+        return ["/".join(names) for names in itertools.product(*self.tasks.values())]
+
+    def to_dict(self):
+        return {"name": self.name, "tasks": self.tasks}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(data["name"], data["tasks"])
+
+    def __eq__(self, other):
+        return isinstance(other, LabelScheme) and self.to_dict() == other.to_dict()
+
+    def encode(self, *task_labels):
+        """The class label from one label per task; works on ints and on arrays."""
+        return sum(label * stride for label, stride in zip(task_labels, self.strides))
+
+    def decode(self, labels):
+        """One label per task of class labels (an int or an array)."""
+        return tuple((labels // stride) % size for stride, size in zip(self.strides, self.sizes))
+
+    def compose(self, *task_probabilities):
+        """Class probabilities (N, C) as the product of one distribution (N, size) per task."""
+        joint = task_probabilities[0]
+        for probabilities in task_probabilities[1:]:
+            joint = (joint[:, :, None] * probabilities[:, None, :]).flatten(1)
+        return joint
+
+    def split(self, values):
+        """Splits the last dimension laid out as [task 1 | task 2 | ...] (the multi head's logits) into the tasks."""
+        return torch.split(values, self.sizes, dim=-1)
+
+    def marginals(self, probabilities):
+        """One distribution (N, size) per task of class probabilities (N, C)."""
+        joint = probabilities.reshape(probabilities.shape[0], *self.sizes)
+        return tuple(joint.sum(dim=[axis + 1 for axis in range(len(self.sizes)) if axis != task])
+                     if len(self.sizes) > 1 else joint for task in range(len(self.sizes)))
+
+
+COMPETITION = LabelScheme("competition", {"mask": ["wear", "incorrect", "not_wear"], "gender": ["male", "female"],
+                                          "age": ["<30", "30-59", "60+"]})
+NUM_CLASSES = COMPETITION.num_classes
+TASK_CLASSES = dict(zip(COMPETITION.tasks, COMPETITION.sizes))  # the three tasks, in encoding order
+
+
+def scheme_of(config):
+    """The label scheme of a run's config (train.py's resolved arguments); runs saved before schemes were the
+    competition's."""
+    return LabelScheme.from_dict(config["scheme"]) if config.get("scheme") else COMPETITION
+
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MASK_BY_STEM = {
     "mask1": MaskLabel.WEAR, "mask2": MaskLabel.WEAR, "mask3": MaskLabel.WEAR,

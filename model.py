@@ -139,6 +139,18 @@ def logits_to_probabilities(logits, head):
     return F.softmax(logits, dim=1)
 
 
+class WithProbabilities(nn.Module):
+    """A trained classifier whose output is its class probabilities (N, C), whatever its head: what export and
+    deployment run."""
+
+    def __init__(self, model, head):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, images):
+        return logits_to_probabilities(self.model(images), self.head)
+
+
 def create_model(config, initial_weights=True):
     """The model a run's config (train.py's resolved arguments) describes.
 
