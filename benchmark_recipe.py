@@ -1,86 +1,146 @@
-"""Compares the fast CPU recipe (recipes/fast_cpu.sh) with plain cross-entropy on a generated sample set.
+"""Compares training recipes on a generated sample set, over several seeds: the face crop against none by default.
 
-    python benchmark_recipe.py                       # 100 people, 5 folds, the recipe as written (hours on 2 cores)
-    python benchmark_recipe.py --people 40 --kfold 2 --epochs 6 --resize 64 48 --workers 0     # ~5 min on 2 cores
+    python benchmark_recipe.py                               # train.py's defaults with and without the face crop
+    python benchmark_recipe.py --variant "recipe=" --variant "plain=--head single --criterion cross_entropy"
+    python benchmark_recipe.py --people 30 --eval_people 10 --epochs 2 --resize 64 48 --seeds 0   # a smoke test
 
-Generates the sample set (generate_sample.generate), runs the recipe script (preprocess + train --fold all), then
-trains the baseline on the same folds -- the same network, input size, epochs, batch size and learning rate, with
-cross-entropy and nothing else -- and prints both out-of-fold macro F1s (over every training image) side by side.
-The shared settings default to the recipe's own; any flag given here applies to both runs.
+Generates the sample set once (training people and a held-out eval set with more old people and more men, as the
+real one), preprocesses it once (folds, face boxes), then for every variant and every seed of `--seeds` trains
+train.py on fold 0 with the variant's flags after the shared ones (the same network, input size, epochs, data and
+folds), predicts the eval set with inference.py and scores it. Prints, per variant, the mean and spread (standard
+deviation over seeds) of the eval set's macro F1 and mask F1 and of the validation fold's macro F1, then every run;
+results.json in --out keeps them all. A variant is `NAME=FLAGS`; flags given to train.py win over the shared ones.
 """
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 import cli
+from evaluation import score
 from generate_sample import generate
 
 ROOT = Path(__file__).resolve().parent
-RECIPE = ROOT / "recipes" / "fast_cpu.sh"
-METRICS = ("f1", "accuracy", "mask_f1", "gender_f1", "age_f1")
+DEFAULT_VARIANTS = ["face crop=", "no crop=--crop none"]
+COLUMNS = ("eval_f1", "eval_mask_f1", "eval_gender_f1", "eval_age_f1", "val_f1")
 
 
 def get_args_parser():
-    parser = cli.new_parser("Fast CPU recipe vs plain cross-entropy, out-of-fold macro F1 on a generated sample set.")
+    parser = cli.new_parser("Compare training recipes (default: face crop vs none) on a generated sample set.")
     data = parser.add_argument_group("data")
-    cli.add_flag(data, "out", default=None, help="working folder for data and runs (default: a temporary one)")
-    cli.add_flag(data, "people", type=int, default=100, help="generated training people")
-    cli.add_flag(data, "kfold", type=int, default=5, help="folds (one model per fold)")
-    cli.add_flag(data, "seed", type=int, default=0, help="seed of the generated people")
-    shared = parser.add_argument_group("shared by both runs (defaults: recipes/fast_cpu.sh's)")
-    cli.add_flag(shared, "model", default="resnet18", help="network")
-    cli.add_flag(shared, "resize", type=int, nargs=2, default=[128, 96], metavar=("H", "W"), help="input size")
-    cli.add_flag(shared, "epochs", type=int, default=8, help="epochs per fold")
-    cli.add_flag(shared, "batch_size", type=int, default=32, help="training batch size")
-    cli.add_flag(shared, "lr", type=float, default=3e-3, help="learning rate")
-    cli.add_flag(shared, "workers", type=int, default=None, help="loader processes (default: train.py's)")
+    cli.add_flag(data, "out", default=None, help="working folder for data, runs and results.json "
+                                                 "(default: a temporary one)")
+    cli.add_flag(data, "people", type=int, default=100, help="generated training people (7 photos each)")
+    cli.add_flag(data, "eval_people", type=int, default=60, help="generated held-out eval people")
+    cli.add_flag(data, "data_seed", type=int, default=0, help="seed of the generated people")
+    runs = parser.add_argument_group("runs")
+    cli.add_flag(runs, "variant", action="append", default=None, metavar="NAME=FLAGS",
+                 help=f"a recipe: its name and train.py flags (repeatable; default: {DEFAULT_VARIANTS})")
+    cli.add_flag(runs, "seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of every variant")
+    shared = parser.add_argument_group("shared by every run (default: train.py's own)")
+    cli.add_flag(shared, "model", default=None, help="network")
+    cli.add_flag(shared, "resize", type=int, nargs=2, default=None, metavar=("H", "W"), help="input size")
+    cli.add_flag(shared, "epochs", type=int, default=None, help="epochs")
+    cli.add_flag(shared, "workers", type=int, default=None, help="loader processes")
     return parser
 
 
+def parse_variants(texts):
+    """{name: train.py flags} of NAME=FLAGS texts."""
+    variants = {}
+    for text in texts:
+        name, separator, flags = text.partition("=")
+        if not separator or not name.strip():
+            raise cli.UserError(f"--variant {text!r} is not NAME=FLAGS (e.g. 'no crop=--crop none')")
+        variants[name.strip()] = shlex.split(flags)
+    return variants
+
+
 def shared_flags(args):
-    flags = ["--model", args.model, "--resize", *map(str, args.resize), "--epochs", str(args.epochs),
-             "--batch_size", str(args.batch_size), "--lr", str(args.lr)]
-    return flags + (["--workers", str(args.workers)] if args.workers is not None else [])
+    flags = []
+    for name in ("model", "resize", "epochs", "workers"):
+        value = getattr(args, name)
+        if value is not None:
+            flags += [f"--{name}", *map(str, value if isinstance(value, list) else [value])]
+    return flags
 
 
-def run(name, command, env, log):
-    """Runs a command with its output in log; on failure prints the log's tail and stops with one line."""
-    print(f"running the {name} (output in {log})", flush=True)
+def run(command, env, log):
+    """Runs a script with its output in log; on failure prints the log's tail and stops with one line."""
     with open(log, "w") as output:
-        result = subprocess.run(list(map(str, command)), env=env, stdout=output, stderr=subprocess.STDOUT)
+        result = subprocess.run([sys.executable, *map(str, command)], env=env, stdout=output,
+                                stderr=subprocess.STDOUT)
     if result.returncode:
         lines = log.read_text().replace("\r", "\n").strip().splitlines()
         print("\n".join(lines[-20:]), file=sys.stderr)
-        raise cli.UserError(f"the {name} failed ({lines[-1] if lines else 'no output'})")
+        raise cli.UserError(f"{command[0]} failed ({lines[-1] if lines else 'no output'}); log in {log}")
 
 
-def benchmark(work, args):
-    """(recipe metrics, baseline metrics): each run's oof_metrics.json."""
+def train_and_score(work, name, flags, seed, env):
+    """Eval-set and validation metrics of one variant trained with one seed."""
+    run_name = f"{name.replace(' ', '_')}_seed{seed}"
+    run([ROOT / "train.py", "--name", run_name, "--seed", seed, *flags], env, work / f"{run_name}.train.log")
+    output = work / "output" / run_name
+    run([ROOT / "inference.py", "--model_dir", work / "model" / run_name, "--output_dir", output], env,
+        work / f"{run_name}.inference.log")
+    truth = pd.read_csv(work / "data/gt/gt.csv", dtype={"ImageID": str})
+    predicted = pd.read_csv(output / "output.csv", dtype={"ImageID": str}).set_index("ImageID").loc[truth["ImageID"]]
+    metrics = score(truth["ans"].to_numpy(), predicted["ans"].to_numpy())
+    summary = pd.read_csv(work / "model" / run_name / "summary.csv")
+    return {"variant": name, "seed": seed, **{f"eval_{key}": value for key, value in metrics.items()},
+            "val_f1": float(summary["val_f1"].max())}
+
+
+def benchmark(work, args, variants):
+    """Every variant's metrics with every seed, as a list of rows."""
     if (work / "model").exists():
         raise cli.UserError(f"{work / 'model'} exists: pass an empty or new --out")
-    generate(work / "data", people=args.people, eval_people=0, seed=args.seed, overwrite=True)
+    generate(work / "data", people=args.people, eval_people=args.eval_people, seed=args.data_seed, overwrite=True)
     env = {**os.environ, "SM_CHANNEL_TRAIN": str(work / "data/train/images"), "SM_MODEL_DIR": str(work / "model"),
-           "PYTHON": sys.executable, "KFOLD": str(args.kfold)}
-    run("fast CPU recipe", ["bash", RECIPE, *shared_flags(args)], env, work / "recipe.log")
-    run("plain cross-entropy baseline", [sys.executable, ROOT / "train.py", "--name", "baseline", "--fold", "all",
-                                         "--criterion", "cross_entropy", *shared_flags(args)], env, work / "baseline.log")
-    return [json.loads((work / "model" / name / "oof_metrics.json").read_text()) for name in ("fast_cpu", "baseline")]
+           "SM_CHANNEL_EVAL": str(work / "data/eval")}
+    run([ROOT / "preprocess.py"], env, work / "preprocess.log")
+    print(next(line for line in (work / "preprocess.log").read_text().splitlines() if line.startswith("faces:")))
+    rows = []
+    for seed in args.seeds:
+        for name, flags in variants.items():
+            print(f"training {name!r} with seed {seed}", flush=True)
+            rows.append(train_and_score(work, name, shared_flags(args) + flags, seed, env))
+            write_results(rows, work / "results.json")
+    return rows
+
+
+def write_results(rows, path):
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def print_table(rows, variants):
+    frame = pd.DataFrame(rows)
+    print(f"\n{'mean ± spread over seeds':<26}" + "".join(f"{column:>18}" for column in COLUMNS))
+    for name in variants:
+        part = frame[frame["variant"] == name]
+        cells = [f"{part[column].mean():.4f} ± {np.std(part[column], ddof=1) if len(part) > 1 else 0:.4f}"
+                 for column in COLUMNS]
+        print(f"{name:<26}" + "".join(f"{cell:>18}" for cell in cells))
+    print("\nevery run")
+    print(frame[["variant", "seed", *COLUMNS]].to_string(index=False, float_format="%.4f"))
 
 
 def main():
     args = get_args_parser().parse_args()
+    variants = parse_variants(args.variant or DEFAULT_VARIANTS)
     with tempfile.TemporaryDirectory(prefix="benchmark_recipe.") as temporary:
         work = Path(args.out or temporary)
         work.mkdir(parents=True, exist_ok=True)
-        recipe, baseline = benchmark(work, args)
-    print(f"\n{args.people} people, {args.kfold} folds, {args.model} {args.resize[0]}x{args.resize[1]}, "
-          f"{args.epochs} epochs; out-of-fold metrics over every training image")
-    print(f"{'':<22}" + "".join(f"{name:>10}" for name in METRICS))
-    for name, metrics in (("fast CPU recipe", recipe), ("plain cross-entropy", baseline)):
-        print(f"{name:<22}" + "".join(f"{metrics[metric]:>10.4f}" for metric in METRICS))
+        rows = benchmark(work, args, variants)
+    print(f"\n{args.people} training and {args.eval_people} eval people, seeds {' '.join(map(str, args.seeds))}, "
+          f"train.py defaults{' + ' + ' '.join(shared_flags(args)) if shared_flags(args) else ''}")
+    print_table(rows, variants)
 
 
 if __name__ == "__main__":

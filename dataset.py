@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, RandomSampler, Sampler, WeightedRandomSampler
+from torchsampler import ImbalancedDatasetSampler
 from tqdm import tqdm
 
 from cli import UserError
@@ -129,7 +130,9 @@ PERSON_FOLDER = re.compile(r"^(?P<id>\d+)_(?P<gender>[^_]+)_(?P<race>[^_]+)_(?P<
 MIN_AGE, MAX_AGE = 1, 120  # anything outside is a typo in the folder name, not a person
 OLD_AGE = 60               # the competition's 60+ boundary
 FOLDS_COLUMNS = ("path", "id", "age", "mask_label", "gender_label", "label", "fold")  # what preprocess.py writes
+FOLDER_FOLDS_COLUMNS = ("path", "class", "label", "group", "fold")  # ... for a folder of class folders
 CACHE_MODES = ("off", "disk", "ram")
+SAMPLERS = ("none", "weighted", "imbalanced")
 CACHE_CHUNK = 64  # photos per task of the pool that builds a cache: amortises the pickling, keeps the bar moving
 
 
@@ -139,31 +142,9 @@ def age_band(age, old_age=OLD_AGE):
     return np.where(age < 30, AgeLabel.YOUNG, np.where(age < old_age, AgeLabel.MIDDLE, AgeLabel.OLD))
 
 
-def encode_label(mask, gender, age):
-    """18-class label from the three task labels; works on ints and on arrays."""
-    return mask * 6 + gender * 3 + age
-
-
-def decode_label(label):
-    """(mask, gender, age) task labels of an 18-class label or an array of them."""
-    return label // 6, (label // 3) % 2, label % 3
-
-
-def compose_probabilities(mask_probs, gender_probs, age_probs):
-    """18-class probabilities as the product of the three task distributions, shape (N, 18)."""
-    joint = torch.einsum("nm,ng,na->nmga", mask_probs, gender_probs, age_probs)
-    return joint.reshape(joint.shape[0], NUM_CLASSES)
-
-
-def split_tasks(values):
-    """Splits the last dimension laid out as [mask 3 | gender 2 | age 3] into the three tasks."""
-    return torch.split(values, list(TASK_CLASSES.values()), dim=-1)
-
-
-def task_marginals(probs):
-    """Splits (N, 18) class probabilities into the three task distributions (N, 3), (N, 2), (N, 3)."""
-    joint = probs.reshape(probs.shape[0], 3, 2, 3)
-    return joint.sum(dim=(2, 3)), joint.sum(dim=(1, 3)), joint.sum(dim=(1, 2))
+# The competition's scheme, spelt out where the competition's layout is read (preprocess.py) and in its tests.
+encode_label, decode_label = COMPETITION.encode, COMPETITION.decode
+compose_probabilities, task_marginals = COMPETITION.compose, COMPETITION.marginals
 
 
 def parse_person_folder(name):
@@ -182,18 +163,40 @@ def parse_person_folder(name):
     return {"id": match["id"], "gender": gender, "race": match["race"], "age": age}
 
 
+def folder_scheme(class_names):
+    """The scheme of a class-folder data set: one task, `class`, whose classes are the folder names, sorted."""
+    return LabelScheme("folders", {"class": sorted(class_names)})
+
+
+def frame_scheme(frame):
+    """The label scheme of a folds CSV: the competition's, or its class folders'."""
+    return COMPETITION if "mask_label" in frame.columns else folder_scheme(frame["class"].unique())
+
+
+def target_scheme(scheme, task="all"):
+    """The classes a run predicts: the whole scheme, or one of its tasks alone (train.py --task)."""
+    if task == "all":
+        return scheme
+    if task not in scheme.tasks or len(scheme.tasks) == 1:
+        raise UserError(f"--task {task}: the {scheme.name} scheme has no such separate task "
+                        f"({', '.join(scheme.tasks)}); use --task all")
+    return LabelScheme(scheme.name, {task: scheme.tasks[task]})
+
+
+def run_scheme(config):
+    """The classes a trained run predicts, from its config: its data's scheme narrowed to its --task."""
+    return target_scheme(scheme_of(config), config.get("task", "all"))
+
+
 def training_targets(frame, task="all", old_age=OLD_AGE):
-    """Targets of a folds-CSV frame for a task; `old_age` relabels ages at or over it as 60+."""
+    """Targets of a folds-CSV frame for a task; for the competition `old_age` relabels ages at or over it as 60+."""
+    if "mask_label" not in frame.columns:
+        return frame["label"].to_numpy(dtype=np.int64)
     mask = frame["mask_label"].to_numpy()
     gender = frame["gender_label"].to_numpy()
     age = age_band(frame["age"].to_numpy(), old_age)
     targets = {"all": encode_label(mask, gender, age), "mask": mask, "gender": gender, "age": age}[task]
     return targets.astype(np.int64)
-
-
-def num_target_classes(task="all"):
-    """Number of target classes: the 18 classes, or one task's classes."""
-    return NUM_CLASSES if task == "all" else TASK_CLASSES[task]
 
 
 def inverse_frequency(labels, num_classes):
@@ -215,8 +218,9 @@ def load_folds(csv_path, data_dir, fold):
     """The folds CSV, checked against data_dir and the requested fold."""
     if not csv_path.is_file():
         raise UserError(f"{csv_path} does not exist: run preprocess.py first or pass --csv")
-    frame = read_csv(csv_path, dtype={"id": str})
-    missing = [column for column in FOLDS_COLUMNS if column not in frame.columns]
+    frame = read_csv(csv_path, dtype={"id": str, "class": str, "group": str})
+    required = FOLDS_COLUMNS if "mask_label" in frame.columns or "class" not in frame.columns else FOLDER_FOLDS_COLUMNS
+    missing = [column for column in required if column not in frame.columns]
     if missing:
         raise UserError(f"{csv_path} is not a folds CSV (no {', '.join(missing)}): run preprocess.py")
     absent = [path for path in frame["path"] if not (data_dir / path).is_file()]
@@ -388,6 +392,18 @@ def seeded_torch(seed):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def create_sampler(name, dataset, labels, num_classes, generator=None):
+    """A shuffle (what DataLoader's shuffle=True would draw), or a sampler that draws with replacement, rare classes
+    as often as common ones: weighted by the inverse frequency of the class `labels` (of `num_classes`), imbalanced
+    by the dataset's own targets."""
+    if name == "weighted":
+        weights = inverse_frequency(labels, num_classes)[labels]
+        return WeightedRandomSampler(weights, len(labels), generator=generator)
+    if name == "imbalanced":
+        return ImbalancedDatasetSampler(dataset)
+    return RandomSampler(dataset, generator=generator)
 
 
 class SeededSampler(Sampler):

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 import cli
-from dataset import NUM_CLASSES, TASK_CLASSES, compose_probabilities
-from inference import (add_common_flags, find_runs, predict_runs, print_held_out_score, read_images, read_info,
-                       read_probabilities, write_submission)
+from dataset import COMPETITION, TASK_CLASSES, compose_probabilities, frame_scheme
+from inference import (add_common_flags, find_runs, predict_runs, print_held_out_score, read_folds, read_images,
+                       read_info, read_probabilities, runs_scheme, write_submission)
 
 METHODS = ("soft", "hard")
 
@@ -138,12 +138,15 @@ def main():
     aligned = []
     for source, file in zip(args.inputs, files):
         if file is None:
-            name, image_ids, probabilities = source, reference, predict_runs(find_runs([source]), paths, args, device)
+            runs = find_runs([source])
+            runs_scheme(runs, args)
+            name, image_ids, probabilities = source, reference, predict_runs(runs, paths, args, device)
         else:
             name, (image_ids, probabilities) = str(file), read_probabilities(file)
-        if probabilities.shape[1] != NUM_CLASSES:
-            raise cli.UserError(f"{name} holds {probabilities.shape[1]} classes, not {NUM_CLASSES}: compose "
-                                "single-task runs with --mask, --gender and --age")
+        classes = COMPETITION.num_classes if args.mask or not aligned else aligned[0].shape[1]
+        if probabilities.shape[1] != classes:
+            raise cli.UserError(f"{name} holds {probabilities.shape[1]} classes, not {classes}: every input must "
+                                "predict the same classes (compose single-task runs with --mask, --gender and --age)")
         if reference is None:  # no info.csv: the first input sets the rows
             reference, reference_name = image_ids, name
         aligned.append(align(image_ids, probabilities, reference, name, reference_name))
@@ -154,7 +157,7 @@ def main():
     answers = hard_vote(stacked, weights) if args.method == "hard" else None
     answers = write_submission(info, soft_vote(stacked, weights), args.output_dir, answers)
     if labels is not None:
-        print_held_out_score(args.fold, labels, answers)
+        print_held_out_score(args.fold, labels, answers, frame_scheme(read_folds(args.csv, args.train_dir, args.fold)))
 
 
 if __name__ == "__main__":

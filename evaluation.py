@@ -1,22 +1,27 @@
-"""Scores a submission against the ground truth: macro F1 over the 18 classes, accuracy, per-task F1.
+"""Scores predictions against the ground truth: the competition's submission (macro F1 over its classes, accuracy,
+per-task F1), or a folder's predictions.csv against its true classes.
 
     export SM_GROUND_TRUTH_DIR=data/gt SM_OUTPUT_DATA_DIR=output
     python evaluation.py                                   # gt.csv vs output/output.csv
     python evaluation.py --submission other.csv --gt_dir data/gt
+    python evaluation.py --truth data/mask/eval            # output/predictions.csv vs the class folders' names
+    python evaluation.py --truth labels.csv --predictions out/predictions.csv   # labels.csv: path,class
 
 Prints the organisers' JSON ({"accuracy": {...}, "f1": {...}}), then one line with the per-task F1.
 A submission whose ImageIDs do not match gt.csv one to one, or whose labels are not integers 0-17, is
-refused with a one-line error and exit code 2.
+refused with a one-line error and exit code 2. With `--truth` (a folder of class folders, or a CSV of path and
+class), inference.py's predictions.csv (path, predicted) is scored instead: accuracy, macro F1 over the true
+classes, and a per-class table of precision, recall, F1 and support; its paths must match the truth's one to one.
 """
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 import cli
-from dataset import NUM_CLASSES, TASK_CLASSES, decode_label
+from dataset import COMPETITION, IMAGE_EXTENSIONS, NUM_CLASSES
 from fileio import read_csv
 
 
@@ -28,6 +33,11 @@ def get_args_parser():
     cli.add_flag(paths, "output_dir", default=cli.env_default("SM_OUTPUT_DATA_DIR", "output"),
                  help="folder holding output.csv (env SM_OUTPUT_DATA_DIR)")
     cli.add_flag(paths, "submission", default=None, help="submission CSV (default: output_dir/output.csv)")
+    folders = parser.add_argument_group("a folder's predictions (instead of the competition's submission)")
+    cli.add_flag(folders, "truth", default=None, metavar="DIR_OR_CSV",
+                 help="true classes: a folder of class folders, or a CSV with the columns path and class")
+    cli.add_flag(folders, "predictions", default=None,
+                 help="inference.py's predictions.csv (default: output_dir/predictions.csv)")
     return parser
 
 
@@ -37,21 +47,24 @@ def macro_f1(true_labels, predicted_labels, num_classes):
                           zero_division=0))
 
 
-def score(true_labels, predicted_labels):
-    """Macro F1 over the 18 classes, accuracy, and each task's macro F1."""
+def score(true_labels, predicted_labels, scheme=COMPETITION):
+    """Macro F1 over the classes of the label scheme, accuracy, and for the competition's tasks each task's macro
+    F1 (a run of one task scores that task twice: as its classes and by its name)."""
     true_labels, predicted_labels = np.asarray(true_labels), np.asarray(predicted_labels)
-    metrics = {"f1": macro_f1(true_labels, predicted_labels, NUM_CLASSES),
+    metrics = {"f1": macro_f1(true_labels, predicted_labels, scheme.num_classes),
                "accuracy": float(accuracy_score(true_labels, predicted_labels))}
-    for task, true_task, predicted_task in zip(TASK_CLASSES, decode_label(true_labels),
-                                               decode_label(predicted_labels)):
-        metrics[f"{task}_f1"] = macro_f1(true_task, predicted_task, TASK_CLASSES[task])
+    if scheme.name == COMPETITION.name:
+        for task, size, true_task, predicted_task in zip(scheme.tasks, scheme.sizes, scheme.decode(true_labels),
+                                                         scheme.decode(predicted_labels)):
+            metrics[f"{task}_f1"] = macro_f1(true_task, predicted_task, size)
     return metrics
 
 
-def score_task(true_labels, predicted_labels, task):
-    """Macro F1 and accuracy of a single-task model, over that task's classes."""
-    f1 = macro_f1(true_labels, predicted_labels, TASK_CLASSES[task])
-    return {"f1": f1, "accuracy": float(accuracy_score(true_labels, predicted_labels)), f"{task}_f1": f1}
+def class_f1(true_labels, predicted_labels, scheme):
+    """Each class's F1, as `class_f1/<class name>`."""
+    values = f1_score(true_labels, predicted_labels, labels=np.arange(scheme.num_classes), average=None,
+                      zero_division=0)
+    return {f"class_f1/{name}": float(value) for name, value in zip(scheme.classes, values)}
 
 
 def read_labels(path, role):
@@ -94,8 +107,68 @@ def organisers_json(metrics):
     })
 
 
+def read_truth(source):
+    """(path, class) of every photo: the class folders of a folder (paths relative to it) or a CSV's rows."""
+    source = Path(source)
+    if source.is_dir():
+        photos = sorted(path for path in source.rglob("*") if path.is_file() and path.suffix.lower() in
+                        IMAGE_EXTENSIONS and not any(part.startswith(".") for part in path.relative_to(source).parts))
+        truth = pd.DataFrame({"path": [str(path.relative_to(source)) for path in photos],
+                              "class": [path.relative_to(source).parts[0] for path in photos]})
+        truth = truth[truth["path"] != truth["class"]]  # photos beside the class folders have no class
+    elif source.is_file():
+        truth = read_csv(source, dtype=str)
+        missing = [column for column in ("path", "class") if column not in truth.columns]
+        if missing:
+            raise cli.UserError(f"truth {source} lacks the column(s) {', '.join(missing)}")
+    else:
+        raise cli.UserError(f"truth {source} is neither a folder of class folders nor a CSV of path, class")
+    if truth.empty or truth["path"].duplicated().any():
+        raise cli.UserError(f"truth {source} lists no photo, or a photo twice")
+    return truth
+
+
+def read_predictions(path):
+    """The path and predicted columns of a predictions.csv, checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise cli.UserError(f"predictions {path} does not exist: run inference.py on a folder of photos first")
+    predictions = read_csv(path, dtype={"path": str, "predicted": str})
+    if not {"path", "predicted"} <= set(predictions.columns) or predictions["path"].duplicated().any():
+        raise cli.UserError(f"predictions {path} needs the columns path and predicted, one row per photo")
+    return predictions
+
+
+def class_table(true_classes, predicted_classes):
+    """Per true class: precision, recall, F1 and support, as a frame; and the metrics over them."""
+    classes = sorted(set(true_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(true_classes, predicted_classes, labels=classes,
+                                                                     zero_division=0)
+    table = pd.DataFrame({"class": classes, "precision": precision, "recall": recall, "f1": f1, "support": support})
+    return table, {"accuracy": float(accuracy_score(true_classes, predicted_classes)), "f1": float(f1.mean())}
+
+
+def score_folder(truth_source, predictions_path):
+    """Prints accuracy, macro F1 and the per-class table of a folder's predictions; returns the metrics."""
+    truth = read_truth(truth_source)
+    predictions = read_predictions(predictions_path).set_index("path")
+    missing = truth["path"][~truth["path"].isin(predictions.index)]
+    extra = predictions.index[~predictions.index.isin(truth["path"])]
+    if len(missing) or len(extra):
+        first = missing.iloc[0] if len(missing) else extra[0]
+        raise cli.UserError(f"the predictions and the truth name different photos ({len(missing)} missing, "
+                            f"{len(extra)} extra; first: {first})")
+    table, metrics = class_table(truth["class"].to_numpy(), predictions.loc[truth["path"], "predicted"].to_numpy())
+    print(f"accuracy {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f} over {len(truth)} photos")
+    print(table.to_string(index=False, float_format="%.4f"))
+    return metrics
+
+
 def main():
     args = get_args_parser().parse_args()
+    if args.truth:
+        score_folder(args.truth, args.predictions or Path(args.output_dir) / "predictions.csv")
+        return
     ground_truth = read_labels(Path(args.gt_dir) / "gt.csv", "ground truth")
     submission_path = args.submission or Path(args.output_dir) / "output.csv"
     predicted = align(ground_truth, read_labels(submission_path, "submission"))

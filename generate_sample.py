@@ -6,6 +6,7 @@ the real layout (train folders of seven photos, a hashed eval set, answers in
 gt/). It is the default data of the demo and of the tests:
 
     python generate_sample.py --out data --people 60 --eval_people 20 --seed 0
+    python generate_sample.py --kind mask --out data/mask --people 60 --eval_people 20
 
 Layout written under --out:
     train/images/{id:06d}_{gender}_Asian_{age}/{mask1..mask5,incorrect_mask,normal}.{jpg|jpeg|png}
@@ -13,6 +14,14 @@ Layout written under --out:
     eval/images/{sha1}.jpg
     eval/info.csv     ImageID,ans (ans is always 0)
     gt/gt.csv         ImageID,ans (the true 18-class label, same row order)
+
+Other kinds write class-folder sets, one photo of every person per class, for
+the other classifiers the toolkit serves: `mask` (mask / no_mask), `helmet`
+(helmet / no_helmet), `mask_sunglasses` (face / masked_face / face_sunglasses /
+masked_face_sunglasses) and `mask_3class` (correct_mask / incorrect_mask /
+no_mask), under --out:
+    train/{class}/{person:05d}_{photo}.jpg      (preprocess.py --group_regex '^(\d+)_')
+    eval/{class}/{person:05d}_{photo}.jpg       (held-out people: evaluation.py --truth)
 
 Every person is drawn from numpy.random.default_rng([seed, split, index]), so
 person k looks the same whatever the number of people, and the same seed gives
@@ -56,6 +65,16 @@ MASK_COLOURS = {
     "light_blue": (165, 200, 228),
     "black": (32, 32, 36),
     "grey": (135, 135, 140),
+}
+HELMET_COLOURS = [(240, 200, 30), (235, 235, 235), (220, 90, 30), (40, 90, 190), (200, 40, 40)]
+# Class-folder kinds: each class is (the photo's mask state as a stem, helmet, sunglasses)
+KINDS = {
+    "mask": {"mask": ("mask1", False, False), "no_mask": ("normal", False, False)},
+    "helmet": {"helmet": ("normal", True, False), "no_helmet": ("normal", False, False)},
+    "mask_sunglasses": {"face": ("normal", False, False), "masked_face": ("mask1", False, False),
+                        "face_sunglasses": ("normal", False, True), "masked_face_sunglasses": ("mask1", False, True)},
+    "mask_3class": {"correct_mask": ("mask1", False, False), "incorrect_mask": ("incorrect_mask", False, False),
+                    "no_mask": ("normal", False, False)},
 }
 MASK_KINDS = ["white", "light_blue", "black", "grey", "patterned"]
 MASK_KIND_WEIGHTS = [0.35, 0.25, 0.15, 0.10, 0.15]
@@ -211,8 +230,26 @@ def draw_wrinkles(draw, p, cx, cy, fw, fh, eye_y, brow_y):
                       fill=colour, width=3)
 
 
-def render_photo(p, stem, rng):
-    """One photo of person p; rng only adds the per-photo jitter and the mask draw."""
+def draw_helmet(draw, cx, cy, fw, fh, colour):
+    """A hard hat over the top of the head, with its brim."""
+    top = cy - 1.35 * fh
+    draw.chord([cx - 1.12 * fw, top, cx + 1.12 * fw, cy - 0.1 * fh], 180, 360, fill=colour)
+    draw.rounded_rectangle([cx - 1.3 * fw, cy - 0.62 * fh, cx + 1.3 * fw, cy - 0.5 * fh], radius=4,
+                           fill=lerp(colour, (0, 0, 0), 0.25))
+
+
+def draw_sunglasses(draw, cx, eye_y, fw, fh):
+    """Two dark lenses over the eyes and their bridge."""
+    for side in (-1, 1):
+        ex = cx + side * 0.38 * fw
+        draw.rounded_rectangle([ex - 0.24 * fw, eye_y - 0.12 * fh, ex + 0.24 * fw, eye_y + 0.12 * fh],
+                               radius=int(0.08 * fw), fill=(18, 18, 24))
+    draw.line([(cx - 0.14 * fw, eye_y - 0.04 * fh), (cx + 0.14 * fw, eye_y - 0.04 * fh)], fill=(18, 18, 24), width=3)
+
+
+def render_photo(p, stem, rng, helmet=False, sunglasses=False):
+    """One photo of person p (with a helmet or sunglasses if asked); rng only adds the per-photo jitter and the
+    mask draw."""
     img = p.background.copy()
     draw = ImageDraw.Draw(img)
     scale = p.size * rng.uniform(0.96, 1.04)
@@ -251,6 +288,10 @@ def render_photo(p, stem, rng):
                      fill=lerp(dark_skin, (0, 0, 0), 0.4))
     draw.ellipse([cx - 0.26 * fw, cy + 0.5 * fh, cx + 0.26 * fw, cy + 0.62 * fh], fill=(170, 70, 75))
     draw_wrinkles(draw, p, cx, cy, fw, fh, eye_y, brow_y)
+    if helmet:
+        draw_helmet(draw, cx, cy, fw, fh, HELMET_COLOURS[int(rng.integers(len(HELMET_COLOURS)))])
+    if sunglasses:
+        draw_sunglasses(draw, cx, eye_y, fw, fh)
 
     if stem.startswith("mask"):  # over nose and mouth
         draw_mask(img, rng, cx, cy, fw, fh, top=eye_y + rng.uniform(0.13, 0.2) * fh, straps_y=eye_y)
@@ -330,8 +371,33 @@ def generate(out_dir, people=60, eval_people=20, seed=0, overwrite=False):
             "train_images": 7 * people, "eval_images": len(eval_rows)}
 
 
+def generate_classes(out_dir, kind, people=60, eval_people=20, seed=0, overwrite=False):
+    """Write a class-folder set of `kind` (one of KINDS) under out_dir: one photo of every person per class."""
+    out_dir, classes = Path(out_dir), KINDS[kind]
+    if any(path.is_file() for split in ("train", "eval") for path in (out_dir / split).rglob("*")):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already contains images; pass --overwrite to replace them")
+        for split in ("train", "eval"):
+            shutil.rmtree(out_dir / split, ignore_errors=True)
+    progress = tqdm(total=people + eval_people, desc="people", unit="person")
+    for split, count in (("train", people), ("eval", eval_people)):
+        for index in range(count):
+            p = make_person(seed, split, index)
+            for number, (name, (stem, helmet, sunglasses)) in enumerate(classes.items()):
+                rng = np.random.default_rng([seed, SPLIT_CODES[split], index, len(STEMS) + number])
+                folder = out_dir / split / name
+                folder.mkdir(parents=True, exist_ok=True)
+                save_photo(render_photo(p, stem, rng, helmet, sunglasses), folder / f"{index:05d}_{number}.jpg")
+            progress.update()
+    progress.close()
+    return {"train_images": people * len(classes), "eval_images": eval_people * len(classes)}
+
+
 def main():
-    parser = argparse.ArgumentParser(description="Generate synthetic mask/gender/age photos in the competition layout.")
+    parser = argparse.ArgumentParser(description="Generate synthetic photos: the competition's layout, or a "
+                                                 "class-folder set of another classifier.")
+    parser.add_argument("--kind", default="competition", choices=["competition", *KINDS],
+                        help="competition: person folders, 18 classes; others: class folders (default: competition)")
     parser.add_argument("--out", default="data", help="output folder (default: data)")
     parser.add_argument("--people", type=int, default=60, help="number of train people, 7 photos each (default: 60)")
     parser.add_argument("--eval_people", "--eval-people", type=int, default=20,
@@ -341,11 +407,18 @@ def main():
                         help="remove existing train/, eval/ and gt/ under --out first (default: refuse)")
     args = parser.parse_args()
     try:
-        summary = generate(args.out, args.people, args.eval_people, args.seed, overwrite=args.overwrite)
+        if args.kind == "competition":
+            summary = generate(args.out, args.people, args.eval_people, args.seed, overwrite=args.overwrite)
+        else:
+            summary = generate_classes(args.out, args.kind, args.people, args.eval_people, args.seed, args.overwrite)
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     out = Path(args.out)
+    if args.kind != "competition":
+        print(f"wrote {summary['train_images']} train photos ({args.people} people) in {', '.join(KINDS[args.kind])} "
+              f"folders under {out / 'train'} and {summary['eval_images']} eval photos under {out / 'eval'}")
+        return
     print(f"wrote {summary['train_images']} train photos ({args.people} people) to {out / 'train'}, "
           f"{summary['eval_images']} eval photos ({args.eval_people} people) to {out / 'eval'}, "
           f"answers to {out / 'gt' / 'gt.csv'}")

@@ -1,10 +1,16 @@
-"""Predicts the eval set with one or more trained runs and writes the submission.
+"""Predicts the eval set (or any folder of photos) with one or more trained runs and writes the submission.
 
     export SM_CHANNEL_EVAL=data/eval SM_CHANNEL_MODEL=model/exp SM_OUTPUT_DATA_DIR=output
     python inference.py                                  # output/output.csv + output/probabilities.csv
     python inference.py --model_dir model/exp model/exp2 --batch_size 128
     python inference.py --fold 0          # the run's held-out fold of data/train/folds.csv: prints its macro F1
     python inference.py --cache off       # decode every photo anew, writing nothing beside the images
+    python inference.py --data_dir photos/ --model_dir model/mask --sort_into sorted/ --min_confidence 0.8
+
+A folder without info.csv is a folder of photos (any depth): predictions.csv gets one row per photo (its path
+under the folder, the predicted class name, the confidence, one prob_<class> column per class), beside the usual
+probabilities.csv, and `--sort_into DIR` files every photo under DIR/<predicted class>/ (sorting.py:
+`--sort_mode copy|move|symlink`, DIR/uncertain/ under `--min_confidence`, never overwriting).
 
 Each run is rebuilt from its own config.json (model, head, resize), so nothing from training has to be
 repeated. Several runs, or a parent folder of runs, are averaged (soft vote). output.csv is info.csv with
@@ -30,11 +36,13 @@ from torch.utils.data import DataLoader
 
 import cli
 from augmentation import create_transform
-from dataset import CACHE_MODES, ImageDataset, load_folds, loader_options, open_cache, training_targets
+from dataset import (CACHE_MODES, COMPETITION, IMAGE_EXTENSIONS, ImageDataset, frame_scheme, load_folds,
+                     loader_options, open_cache, run_scheme, training_targets)
 from evaluation import score
 from faces import BOX_COLUMNS, crop_regions, fallback_face, kept_boxes
 from fileio import load_checkpoint, read_csv, write_csv
 from model import AMP_DTYPES, check_amp, create_model, load_weights, place_model, predict
+from sorting import SORT_MODES, sort_photos
 
 PROBABILITY_PREFIX = "prob_"
 
@@ -74,6 +82,13 @@ def get_args_parser(description="Predict the eval set and write output.csv and p
     paths = add_common_flags(parser)
     cli.add_flag(paths, "model_dir", nargs="+", default=[cli.env_default("SM_CHANNEL_MODEL", "model/exp")],
                  help="run directories, or parents of run directories, to average (env SM_CHANNEL_MODEL)")
+    sort = parser.add_argument_group("sorting a folder of photos")
+    cli.add_flag(sort, "sort_into", default=None, metavar="DIR",
+                 help="file every photo of a photo folder under DIR/<predicted class>/")
+    cli.add_flag(sort, "sort_mode", default="copy", choices=SORT_MODES,
+                 help="copy, move (link then remove: never lost) or symlink the photos")
+    cli.add_flag(sort, "min_confidence", type=float, default=0.0,
+                 help="photos predicted with a lower confidence go to DIR/uncertain/")
     return parser
 
 
@@ -157,9 +172,11 @@ class FaceBoxes:
 
     def find(self):
         if self.args.fold is None:
-            images = Path(self.args.data_dir) / "images"
-            self.boxes = kept_boxes(self.paths, [os.path.relpath(path, images) for path in self.paths],
-                                    Path(self.args.data_dir) / "faces.csv", self.device)
+            folder = is_photo_folder(self.args)
+            images = Path(self.args.data_dir) / ("" if folder else "images")
+            store = cache_dir(self.args) / "faces.csv" if folder else Path(self.args.data_dir) / "faces.csv"
+            self.boxes = kept_boxes(self.paths, [os.path.relpath(path, images) for path in self.paths], store,
+                                    self.device)
             self.fallback = fallback_face(self.boxes)
             return
         frame = read_folds(self.args.csv, self.args.train_dir, self.args.fold)
@@ -177,11 +194,51 @@ class FaceBoxes:
         return crop_regions(boxes, crop, config.get("face_margin", 0.0), config.get("crop_box"), self.fallback)
 
 
+def is_photo_folder(args):
+    """Whether the photos predicted are a plain folder of photos: no --fold, no info.csv."""
+    return args.fold is None and not (Path(args.data_dir) / "info.csv").is_file() and Path(args.data_dir).is_dir()
+
+
+def read_photo_folder(folder):
+    """(info, paths) of every photo under `folder` (hidden files and folders left out), ImageID its path there."""
+    folder = Path(folder)
+    paths = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+                   and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+    if not paths:
+        raise cli.UserError(f"no info.csv and no photos (.jpg, .jpeg, .png) in {folder}: pass an eval folder or "
+                            "a folder of photos")
+    return pd.DataFrame({"ImageID": [str(path.relative_to(folder)) for path in paths]}), paths
+
+
 def read_images(args):
-    """(info, paths, labels): the eval set with labels None, or with --fold the held-out fold and its labels."""
-    if args.fold is None:
-        return *read_eval_set(args.data_dir), None
-    return read_held_out_fold(args.train_dir, args.csv, args.fold)
+    """(info, paths, labels): the eval set or a folder of photos with labels None, or with --fold the held-out
+    fold and its labels."""
+    if args.fold is not None:
+        return read_held_out_fold(args.train_dir, args.csv, args.fold)
+    if is_photo_folder(args):
+        return *read_photo_folder(args.data_dir), None
+    return *read_eval_set(args.data_dir), None
+
+
+def runs_scheme(run_dirs, args, task="all"):
+    """The label scheme the runs predict (narrowed to `task`), checked: the same for every run, and the
+    competition's for an eval set of info.csv, the folds CSV's for --fold."""
+    schemes = {run_dir: run_scheme(json.loads((run_dir / "config.json").read_text())) for run_dir in run_dirs}
+    scheme = schemes[run_dirs[0]]
+    for run_dir, other in schemes.items():
+        if other != scheme:
+            raise cli.UserError(f"{run_dir} predicts other classes than {run_dirs[0]} ({', '.join(other.classes)} "
+                                f"against {', '.join(scheme.classes)}): combine runs of one label scheme")
+    if args.fold is not None:
+        expected = frame_scheme(read_folds(args.csv, args.train_dir, args.fold))
+    elif not is_photo_folder(args):
+        expected = COMPETITION
+    else:
+        return scheme
+    if scheme.name != expected.name or (task == "all" and scheme != expected):
+        raise cli.UserError(f"{run_dirs[0]} predicts {', '.join(scheme.classes)}, not the classes of "
+                            f"{args.data_dir if args.fold is None else 'the folds CSV'}: use a run of this data set")
+    return scheme
 
 
 def cache_dir(args):
@@ -204,7 +261,7 @@ def predict_run(model, config, paths, batch_size, workers, device, cache="off", 
     dataset = ImageDataset(paths, transform=create_transform("BaseAugmentation", size), size=size,
                            cache=open_cache(paths, size, cache, cache_dir, regions), regions=regions)
     loader = make_loader(dataset, batch_size, workers, device)
-    return predict(model, loader, config["head"], device, amp=amp, channels_last=channels_last)[0]
+    return predict(model, loader, config["head"], run_scheme(config), device, amp=amp, channels_last=channels_last)[0]
 
 
 def predict_runs(run_dirs, paths, args, device, task="all", predict_one=predict_run):
@@ -262,9 +319,40 @@ def write_submission(info, probabilities, output_dir, answers=None):
     return answers
 
 
-def print_held_out_score(fold, labels, answers):
+def write_predictions(info, probabilities, scheme, output_dir):
+    """predictions.csv of a folder of photos: path, predicted class name, confidence, prob_<class> per class (and
+    probabilities.csv, for TTA and ensembles); returns (predicted class names, confidences)."""
+    probabilities = np.asarray(probabilities)
+    predicted = np.array(scheme.classes)[probabilities.argmax(axis=1)]
+    confidences = probabilities.max(axis=1)
+    frame = pd.DataFrame({"path": info["ImageID"], "predicted": predicted, "confidence": confidences})
+    for name, column in zip(scheme.classes, probabilities.T):
+        frame[f"{PROBABILITY_PREFIX}{name}"] = column
+    write_probabilities(info["ImageID"], probabilities, Path(output_dir) / "probabilities.csv")
+    write_csv(frame, Path(output_dir) / "predictions.csv")
+    counts = ", ".join(f"{name} {count}" for name, count in zip(*np.unique(predicted, return_counts=True)))
+    print(f"wrote {Path(output_dir) / 'predictions.csv'} ({len(frame)} photos: {counts}) and probabilities.csv")
+    return predicted, confidences
+
+
+def write_outputs(args, info, probabilities, scheme, answers=None):
+    """The files of what was predicted: output.csv and probabilities.csv for the eval set or a fold, or
+    predictions.csv (and the sorted photos with --sort_into) for a folder of photos; returns the answers."""
+    if not is_photo_folder(args):
+        if args.sort_into:
+            raise cli.UserError("--sort_into files the photos of a photo folder (one without info.csv)")
+        return write_submission(info, probabilities, args.output_dir, answers)
+    predicted, confidences = write_predictions(info, probabilities, scheme, args.output_dir)
+    if args.sort_into:
+        images = [Path(args.data_dir) / image_id for image_id in info["ImageID"]]
+        sort_photos(images, predicted, confidences, args.sort_into, args.sort_mode, args.min_confidence)
+        print(f"filed {len(images)} photos under {args.sort_into} by predicted class ({args.sort_mode})")
+    return np.asarray(probabilities).argmax(axis=1) if answers is None else answers
+
+
+def print_held_out_score(fold, labels, answers, scheme=COMPETITION):
     """The macro F1 (and accuracy, per-task F1) of the answers on a held-out fold."""
-    metrics = score(labels, answers)
+    metrics = score(labels, answers, scheme)
     print(f"fold {fold} ({len(labels)} images): " + " ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
 
 
@@ -272,10 +360,11 @@ def main():
     args = get_args_parser().parse_args()
     device = torch.device(args.device)
     info, paths, labels = read_images(args)
-    probabilities = predict_runs(find_runs(args.model_dir), paths, args, device)
-    answers = write_submission(info, probabilities, args.output_dir)
+    runs = find_runs(args.model_dir)
+    scheme = runs_scheme(runs, args)
+    answers = write_outputs(args, info, predict_runs(runs, paths, args, device), scheme)
     if labels is not None:
-        print_held_out_score(args.fold, labels, answers)
+        print_held_out_score(args.fold, labels, answers, scheme)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 import cli
 from augmentation import AUGMENTATIONS, MEAN, create_transform, to_unit_float
-from dataset import ImageDataset, open_cache, seeded_torch
+from dataset import ImageDataset, open_cache, run_scheme, seeded_torch
 from inference import get_args_parser as get_inference_args_parser
-from inference import find_runs, make_loader, predict_runs, print_held_out_score, read_images, write_submission
+from inference import (find_runs, make_loader, predict_runs, print_held_out_score, read_images, runs_scheme,
+                       write_outputs)
 from model import autocast, logits_to_probabilities, to_memory_format
 
 SHIFT = 0.06  # of the height and width: small enough to keep the whole face in view
@@ -106,7 +107,7 @@ def predict_views(model, config, paths, batch_size, workers, device, views, rand
     if random_views and augmentation not in AUGMENTATIONS:
         raise cli.UserError(f"the run's augmentation {augmentation!r} is unknown here: pass --tta_augmentation "
                             f"({', '.join(AUGMENTATIONS)})")
-    size = tuple(config["resize"])
+    size, scheme = tuple(config["resize"]), run_scheme(config)
     dataset = ViewsDataset(paths, size, open_cache(paths, size, cache, cache_dir, regions),
                            create_transform("BaseAugmentation", size),
                            create_transform(augmentation, size) if random_views else None, random_views, seed,
@@ -118,7 +119,7 @@ def predict_views(model, config, paths, batch_size, workers, device, views, rand
         inputs = [view(batch[:, 0]) for view in views] + list(batch[:, 1:].unbind(dim=1))
         with autocast(device, amp):
             logits = [model(to_memory_format(images, channels_last)).float() for images in inputs]
-        total = sum(logits_to_probabilities(part, config["head"]) for part in logits)
+        total = sum(logits_to_probabilities(part, config["head"], scheme) for part in logits)
         probabilities.append((total / len(inputs)).float().cpu())
     return torch.cat(probabilities)
 
@@ -145,10 +146,11 @@ def main():
                           augmentation=args.tta_augmentation)
     device = torch.device(args.device)
     info, paths, labels = read_images(args)
-    probabilities = predict_runs(find_runs(args.model_dir), paths, args, device, predict_one=predict_one)
-    answers = write_submission(info, probabilities, args.output_dir)
+    runs = find_runs(args.model_dir)
+    scheme = runs_scheme(runs, args)
+    answers = write_outputs(args, info, predict_runs(runs, paths, args, device, predict_one=predict_one), scheme)
     if labels is not None:
-        print_held_out_score(args.fold, labels, answers)
+        print_held_out_score(args.fold, labels, answers, scheme)
 
 
 if __name__ == "__main__":

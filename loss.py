@@ -2,12 +2,15 @@
 
 Each criterion takes logits (N, C) and either integer targets (N,) or soft targets (N, C) -- class
 probabilities, as mixup and cutmix produce -- and returns a scalar. `MultiTaskLoss` trains the multi
-head: the weighted sum of one criterion per task on the mask, gender and age logits.
+head: the weighted sum of one criterion per task of the label scheme (the competition's mask, gender and age).
 """
+import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset import decode_label, split_tasks, task_marginals
+import cli
+from dataset import inverse_frequency
+
 
 CRITERIA = ("cross_entropy", "focal", "label_smoothing", "f1")
 
@@ -71,18 +74,44 @@ def create_criterion(name, class_weights=None, focal_gamma=2.0, smoothing=0.1):
 
 
 class MultiTaskLoss(nn.Module):
-    """Weighted sum of per-task criteria over the multi head's mask, gender and age logits.
+    """Weighted sum of per-task criteria over the multi head's logits, one part per task of the label `scheme`
+    (the competition's mask, gender and age).
 
-    Targets are 18-class labels (N,) or 18-class soft targets (N, 18); each task gets its own part.
+    Targets are class labels (N,) or soft targets (N, C); each task gets its own part.
     """
 
-    def __init__(self, criteria, task_weights=(1.0, 1.0, 1.0)):
+    def __init__(self, criteria, scheme, task_weights=None):
         super().__init__()
         self.criteria = nn.ModuleList(criteria)
-        self.task_weights = task_weights
+        self.scheme = scheme
+        self.task_weights = task_weights or [1.0] * len(criteria)
 
     def forward(self, logits, targets):
-        task_logits = split_tasks(logits)
-        task_targets = decode_label(targets) if targets.dim() == 1 else task_marginals(targets)
+        task_logits = self.scheme.split(logits)
+        task_targets = self.scheme.decode(targets) if targets.dim() == 1 else self.scheme.marginals(targets)
         return sum(weight * criterion(part, target) for weight, criterion, part, target
                    in zip(self.task_weights, self.criteria, task_logits, task_targets))
+
+
+def weighted_criterion(args, name, targets, num_classes):
+    """The named criterion, with inverse-frequency class weights of `targets` under --class_weights auto."""
+    weights = None
+    if args.class_weights == "auto":
+        weights = torch.as_tensor(inverse_frequency(targets, num_classes), dtype=torch.float32)
+    return create_criterion(name, weights, args.focal_gamma, args.smoothing)
+
+
+def create_training_criterion(args, targets, scheme):
+    """The criterion for the training targets of the classes of `scheme`: one over the outputs, or for --head multi
+    the weighted sum of one criterion per task (--task_criteria, --task_weights)."""
+    tasks = len(scheme.tasks)
+    if args.head == "multi":
+        names = args.task_criteria or [args.criterion] * tasks
+        weights = args.task_weights or [1.0] * tasks
+        if len(names) != tasks or len(weights) != tasks:
+            raise cli.UserError(f"--task_criteria and --task_weights take one value per task ({', '.join(scheme.tasks)})")
+        return MultiTaskLoss([weighted_criterion(args, name, task_targets, size) for name, task_targets, size
+                              in zip(names, scheme.decode(targets), scheme.sizes)], scheme, weights)
+    if args.task_criteria or set(args.task_weights or [1.0]) != {1.0}:
+        raise cli.UserError("--task_criteria and --task_weights weigh the task heads of --head multi")
+    return weighted_criterion(args, args.criterion, targets, scheme.num_classes)

@@ -1,10 +1,10 @@
-"""Backbones and heads: any timm, efficientnet-pytorch or torchvision model with an 18-class head.
+"""Backbones and heads: any timm, efficientnet-pytorch or torchvision model with a head for a run's label scheme.
 
 `--model` is resolved in this order: `efficientnet-b0`..`efficientnet-b8` and `efficientnet-l2` come from
 efficientnet-pytorch; a `timm:` or `torchvision:` prefix picks the library; otherwise timm's name wins
 (`resnet18`, `efficientnet_b4`, `convnext_tiny`, ...) and torchvision's list is tried next.
-`--head single` is one linear layer over the classes; `--head multi` is three heads (mask 3, gender 2,
-age 3) whose softmaxes multiply into the 18 class probabilities.
+`--head single` is one linear layer over the scheme's classes; `--head multi` is one head per task of the scheme
+(the competition's mask 3, gender 2, age 3) whose softmaxes multiply into the class probabilities.
 The model normalises its own input: it takes uint8 batches (or floats in [0, 1]) and converts them on its device,
 so loaders move a quarter of the bytes and the GPU, not the loader's cores, does the arithmetic.
 """
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from augmentation import MEAN, STD, to_unit_float
 from cli import UserError
-from dataset import NUM_CLASSES, TASK_CLASSES, compose_probabilities, split_tasks
+from dataset import run_scheme
 from fileio import load_checkpoint
 
 HEADS = ("single", "multi")
@@ -28,13 +28,9 @@ EFFICIENTNET_PYTORCH = re.compile(r"^efficientnet-(b[0-8]|l2)$")
 AMP_DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def output_size(head, task):
-    """Number of logits: 18 classes, the 3 + 2 + 3 of the multi head, or one task's classes."""
-    if task != "all":
-        if head != "single":
-            raise UserError(f"--task {task} trains one task and needs --head single")
-        return TASK_CLASSES[task]
-    return NUM_CLASSES if head == "single" else sum(TASK_CLASSES.values())
+def output_size(head, scheme):
+    """Number of logits: one per class of the scheme, or for the multi head one per class of each task."""
+    return scheme.num_classes if head == "single" else sum(scheme.sizes)
 
 
 def resolve_library(name):
@@ -76,21 +72,32 @@ def load_pretrained_file(network, path):
 
 
 def remove_classifier(network, library):
-    """Turns the network into a feature extractor; returns the feature size."""
+    """Turns the network into a feature extractor; returns the feature size, measured on the network itself (timm's
+    num_features is not what some models pool, e.g. mobilenetv3's head_hidden_size)."""
     if library == "timm":
         network.reset_classifier(0)
-        return network.num_features
-    last = None
-    for module_name, module in network.named_modules():
-        if isinstance(module, nn.Linear):
-            last = module_name
-    if last is None:
-        raise UserError("this model has no linear classifier to replace")
-    *path, attribute = last.split(".")
-    parent = network.get_submodule(".".join(path)) if path else network
-    features = getattr(parent, attribute).in_features
-    setattr(parent, attribute, nn.Identity())
-    return features
+    else:
+        last = None
+        for module_name, module in network.named_modules():
+            if isinstance(module, nn.Linear):
+                last = module_name
+        if last is None:
+            raise UserError("this model has no linear classifier to replace")
+        *path, attribute = last.split(".")
+        parent = network.get_submodule(".".join(path)) if path else network
+        setattr(parent, attribute, nn.Identity())
+    return feature_size(network)
+
+
+def feature_size(network):
+    """The size of the features a network outputs, from one small forward pass at its default input size."""
+    input_size = getattr(network, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
+    was_training = network.training
+    network.eval()
+    with torch.no_grad():
+        features = network(torch.zeros(1, *input_size))
+    network.train(was_training)
+    return features.flatten(1).shape[1]
 
 
 def create_backbone(name, pretrained=False, pretrained_path=None):
@@ -109,16 +116,16 @@ def create_backbone(name, pretrained=False, pretrained_path=None):
 
 
 class MaskClassifier(nn.Module):
-    """A backbone's pooled features followed by one linear layer of `output_size(head, task)` logits.
+    """A backbone's pooled features followed by one linear layer of `output_size(head, scheme)` logits.
 
     Takes (N, 3, H, W) images, uint8 or float in [0, 1], and normalises them with the channel statistics it
     holds as buffers (saved with the weights)."""
 
-    def __init__(self, name, head="single", task="all", pretrained=False, pretrained_path=None):
+    def __init__(self, name, head, scheme, pretrained=False, pretrained_path=None):
         super().__init__()
         self.head_type = head
         self.backbone, features = create_backbone(name, pretrained, pretrained_path)
-        self.head = nn.Linear(features, output_size(head, task))
+        self.head = nn.Linear(features, output_size(head, scheme))
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
 
@@ -132,10 +139,10 @@ def freeze_backbone(model, frozen=True):
     model.backbone.train(model.training and not frozen)
 
 
-def logits_to_probabilities(logits, head):
-    """Class probabilities: a softmax, or for the multi head the product of the three task softmaxes."""
+def logits_to_probabilities(logits, head, scheme):
+    """Class probabilities: a softmax, or for the multi head the product of the scheme's task softmaxes."""
     if head == "multi":
-        return compose_probabilities(*(F.softmax(part, dim=1) for part in split_tasks(logits)))
+        return scheme.compose(*(F.softmax(part, dim=1) for part in scheme.split(logits)))
     return F.softmax(logits, dim=1)
 
 
@@ -143,12 +150,12 @@ class WithProbabilities(nn.Module):
     """A trained classifier whose output is its class probabilities (N, C), whatever its head: what export and
     deployment run."""
 
-    def __init__(self, model, head):
+    def __init__(self, model, config):
         super().__init__()
-        self.model, self.head = model, head
+        self.model, self.head, self.scheme = model, config["head"], run_scheme(config)
 
     def forward(self, images):
-        return logits_to_probabilities(self.model(images), self.head)
+        return logits_to_probabilities(self.model(images), self.head, self.scheme)
 
 
 def create_model(config, initial_weights=True):
@@ -156,7 +163,7 @@ def create_model(config, initial_weights=True):
 
     `initial_weights=False` skips the pretrained download or file: for loading a trained checkpoint.
     """
-    return MaskClassifier(config["model"], config["head"], config.get("task", "all"),
+    return MaskClassifier(config["model"], config["head"], run_scheme(config),
                           initial_weights and config.get("pretrained", False),
                           config.get("pretrained_path") if initial_weights else None)
 
@@ -198,7 +205,7 @@ def to_memory_format(images, channels_last):
 
 
 @torch.no_grad()
-def predict(model, loader, head, device, criterion=None, amp="off", channels_last=False):
+def predict(model, loader, head, scheme, device, criterion=None, amp="off", channels_last=False):
     """Class probabilities (N, C) of every image in loader order, the forward pass under `amp` autocast and in
     channels-last format if asked; with a criterion (and a loader that yields targets) also the mean loss."""
     model.eval()
@@ -210,5 +217,5 @@ def predict(model, loader, head, device, criterion=None, amp="off", channels_las
         if criterion is not None:
             total_loss += criterion(logits, batch[1].to(device)).item() * len(images)
             seen += len(images)
-        probabilities.append(logits_to_probabilities(logits, head).float().cpu())
+        probabilities.append(logits_to_probabilities(logits, head, scheme).float().cpu())
     return torch.cat(probabilities), total_loss / max(seen, 1)

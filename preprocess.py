@@ -1,7 +1,8 @@
-"""Scans the training photos and writes a leakage-safe folds CSV: one row per image, folds by person.
+"""Scans the training photos and writes a leakage-safe folds CSV: one row per image, folds by person (or group).
 
     export SM_CHANNEL_TRAIN=data/train/images
     python preprocess.py                          # writes data/train/folds.csv
+    python preprocess.py --data_dir data/mask/train --group_regex '^(\d+)_'      # a folder of class folders
     python preprocess.py --kfold 5 --seed 42 --skip_bad --output data/train/folds.csv
     python preprocess.py --corrections corrections.csv    # fixes known label errors before the split
     python preprocess.py --faces off                      # no face detection (train.py --crop box or none)
@@ -18,10 +19,19 @@ the columns id, field, value, one fix per row. field `gender` sets the person's 
 female), `age` sets their age to value, `mask_swap` swaps the labels of their incorrect_mask and normal
 photos (value ignored). An unknown id or field stops the run.
 
+A folder of class folders (any classifier: mask / no mask, helmet, ...) is detected by its folder names (none is
+a person folder) or forced with `--layout folders`: every photo under a class folder (any depth, hidden files
+ignored) is one row (path, class, label = the class's index among the sorted folder names, group, fold). Folds
+are stratified by class and grouped by `--group_regex`, a regular expression whose first group (or whole match)
+in the file name names the subject (photos of one subject stay in one fold); without it every photo is its own
+group. Files that are not photos, photos that do not decode, and empty class folders are problems as above; a
+single class folder stops the run.
+
 Every photo's face is detected once here (faces.py, MTCNN): the most confident face's box, as fractions of the
 photo, and its score go into the folds CSV (face_x1, face_y1, face_x2, face_y2, face_score; empty where none was
 found), and the photos without a face are listed in no_face.csv beside it. train.py crops to these boxes.
 """
+import re
 import warnings
 from pathlib import Path
 
@@ -32,12 +42,13 @@ from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 import cli
-from dataset import (GENDER_BY_NAME, IMAGE_EXTENSIONS, MASK_BY_STEM, MAX_AGE, MIN_AGE, MaskLabel, age_band,
-                     encode_label, parse_person_folder)
+from dataset import (GENDER_BY_NAME, IMAGE_EXTENSIONS, MASK_BY_STEM, MAX_AGE, MIN_AGE, PERSON_FOLDER, MaskLabel,
+                     age_band, encode_label, parse_person_folder)
 from faces import box_frame, detect_faces, report_detection
 from fileio import read_csv, write_csv
 
 TRAIN_CSV_COLUMNS = ("id", "gender", "race", "age", "path")
+LAYOUTS = ("auto", "competition", "folders")
 CORRECTIONS_COLUMNS = ("id", "field", "value")
 SHOWN_PROBLEMS = 10  # problems listed in full; the rest are counted
 
@@ -46,7 +57,13 @@ def get_args_parser():
     parser = cli.new_parser("Write the folds CSV (one row per image, folds by person).")
     data = parser.add_argument_group("data")
     cli.add_flag(data, "data_dir", default=cli.env_default("SM_CHANNEL_TRAIN", "data/train/images"),
-                 help="folder of person folders (env SM_CHANNEL_TRAIN)")
+                 help="folder of person folders, or of class folders (env SM_CHANNEL_TRAIN)")
+    cli.add_flag(data, "layout", default="auto", choices=LAYOUTS,
+                 help="competition: person folders; folders: class folders; auto: folders unless a subfolder is "
+                      "named like a person folder")
+    cli.add_flag(data, "group_regex", default=None, metavar="REGEX",
+                 help="class folders: the subject of a photo, from its file name (first group or whole match), "
+                      "kept in one fold (default: every photo its own group)")
     cli.add_flag(data, "output", default=None, help="folds CSV to write (default: folds.csv beside data_dir)")
     cli.add_flag(data, "skip_bad", action="store_true",
                  help="skip malformed folders, stray files and undecodable photos instead of stopping")
@@ -232,10 +249,78 @@ def assign_folds(frame, kfold, seed):
     return frame
 
 
-def main():
-    args = get_args_parser().parse_args()
-    data_dir = Path(args.data_dir)
-    output = Path(args.output) if args.output else data_dir.parent / "folds.csv"
+def detect_layout(data_dir, layout):
+    """competition or folders: as asked, or (auto) competition when a subfolder is named like a person folder."""
+    if layout != "auto":
+        return layout
+    if not data_dir.is_dir():
+        raise cli.UserError(f"{data_dir} is not a folder: pass --data_dir or set SM_CHANNEL_TRAIN")
+    names = [entry.name for entry in data_dir.iterdir() if entry.is_dir() and not is_hidden(entry)]
+    return "competition" if any(PERSON_FOLDER.match(name) for name in names) else "folders"
+
+
+def subject_of(name, pattern):
+    """The group of a photo's file name under --group_regex (its first group, or the whole match); None if none."""
+    match = pattern.search(name)
+    return None if match is None else (match.group(1) if pattern.groups else match.group(0))
+
+
+def scan_class_folders(data_dir, group_regex=None):
+    """All photo rows under the class folders of data_dir (path, class, group) and every problem found."""
+    if not data_dir.is_dir():
+        raise cli.UserError(f"{data_dir} is not a folder: pass --data_dir or set SM_CHANNEL_TRAIN")
+    try:
+        pattern = re.compile(group_regex) if group_regex else None
+    except re.error as error:
+        raise cli.UserError(f"--group_regex {group_regex!r} is not a regular expression: {error}") from None
+    entries = sorted(entry for entry in data_dir.iterdir() if not is_hidden(entry))
+    folders = [entry for entry in entries if entry.is_dir()]
+    problems = [f"{entry.name}: a file where class folders are expected" for entry in entries if not entry.is_dir()]
+    if len(folders) < 2:
+        raise cli.UserError(f"{data_dir} holds {len(folders)} class folder(s): a classifier needs two or more")
+    rows = []
+    for folder in tqdm(folders, desc="scan", unit="class"):
+        files = sorted(path for path in folder.rglob("*") if path.is_file()
+                       and not any(is_hidden(Path(part)) for part in path.relative_to(data_dir).parts))
+        photos = [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
+        problems += [f"{path.relative_to(data_dir)}: not a photo (.jpg, .jpeg, .png)" for path in files
+                     if path.suffix.lower() not in IMAGE_EXTENSIONS]
+        if not photos:
+            problems.append(f"{folder.name}: an empty class folder")
+        for photo in photos:
+            relative = str(photo.relative_to(data_dir))
+            group = relative if pattern is None else subject_of(photo.name, pattern)
+            if group is None:
+                problems.append(f"{relative}: --group_regex finds no subject in the file name")
+            elif not photo_decodes(photo):
+                problems.append(f"{relative}: the photo does not decode (corrupt or truncated)")
+            else:
+                rows.append({"path": relative, "class": folder.name, "group": group})
+    return rows, problems
+
+
+def class_folder_frame(rows, kfold, seed):
+    """The folds of class-folder rows: label = the class's index among the sorted class names, folds stratified
+    by class and grouped by subject."""
+    frame = pd.DataFrame(rows)
+    classes = sorted(frame["class"].unique())
+    if len(classes) < 2:
+        raise cli.UserError(f"only the class {classes[0]} has usable photos: a classifier needs two or more")
+    frame["label"] = frame["class"].map({name: label for label, name in enumerate(classes)})
+    groups = frame["group"].nunique()
+    if groups < kfold:
+        raise cli.UserError(f"{groups} subjects cannot fill {kfold} folds: add data or lower --kfold")
+    splitter = StratifiedGroupKFold(n_splits=kfold, shuffle=True, random_state=seed)
+    frame["fold"] = -1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        for fold, (_, held_out) in enumerate(splitter.split(frame, frame["label"], groups=frame["group"])):
+            frame.loc[frame.index[held_out], "fold"] = fold
+    return frame
+
+
+def competition_frame(args, data_dir):
+    """The folds of the competition's person folders, label corrections applied."""
     rows, problems = scan(data_dir)
     report_problems(problems, data_dir, args.skip_bad)
     if not rows:
@@ -245,15 +330,37 @@ def main():
         frame, changes = apply_corrections(frame, read_corrections(args.corrections))
         for change in changes:
             print(f"corrected {change}")
-    frame = assign_folds(label_rows(frame), args.kfold, args.seed)
+    return assign_folds(label_rows(frame), args.kfold, args.seed)
+
+
+def folders_frame(args, data_dir):
+    """The folds of a folder of class folders."""
+    if args.corrections:
+        raise cli.UserError("--corrections fixes the competition's person labels; fix a class folder by moving "
+                            "its photos")
+    rows, problems = scan_class_folders(data_dir, args.group_regex)
+    report_problems(problems, data_dir, args.skip_bad)
+    if not rows:
+        raise cli.UserError(f"no usable photos under {data_dir}")
+    return class_folder_frame(rows, args.kfold, args.seed)
+
+
+def main():
+    args = get_args_parser().parse_args()
+    data_dir = Path(args.data_dir)
+    output = Path(args.output) if args.output else data_dir.parent / "folds.csv"
+    layout = detect_layout(data_dir, args.layout)
+    frame = competition_frame(args, data_dir) if layout == "competition" else folders_frame(args, data_dir)
     if args.faces == "on":
         boxes = box_frame(detect_faces([data_dir / path for path in frame["path"]], args.device))
         frame = pd.concat([frame.reset_index(drop=True), boxes], axis=1)
         report_detection(boxes, frame["path"], output.parent / "no_face.csv")
     write_csv(frame, output)
-    sizes = frame.groupby("fold")["id"].nunique().tolist()
-    print(f"wrote {output}: {len(frame)} images of {frame['id'].nunique()} people, "
-          f"people per fold {sizes}")
+    group = "id" if layout == "competition" else "group"
+    sizes = frame.groupby("fold")[group].nunique().tolist()
+    classes = "" if layout == "competition" else f" in {frame['class'].nunique()} classes"
+    print(f"wrote {output}: {len(frame)} images of {frame[group].nunique()} "
+          f"{'people' if layout == 'competition' else 'subjects'}{classes}, per fold {sizes}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
-"""Trains a mask / gender / age classifier on one fold of the folds CSV written by preprocess.py.
+"""Trains a classifier on one fold of the folds CSV written by preprocess.py: the competition's mask / gender / age
+classes, or the classes of a folder of class folders.
 
     export SM_CHANNEL_TRAIN=data/train/images SM_MODEL_DIR=model
     python preprocess.py
     python train.py --name exp                                  # run directory model/exp (exp2, ... if taken)
-    python train.py --model efficientnet_b4 --pretrained --resize 380 380 --head multi --epochs 30
+    python train.py --model efficientnet_b4 --pretrained --resize 380 380 --epochs 30
+    python train.py --data_dir data/mask --select accuracy      # a class-folder set, best epoch by top-1 accuracy
 
-A run directory holds what reproduces it: config.json (every resolved argument), best.pth (the best
-validation macro F1), last.pth (the latest epoch), summary.csv (one row per epoch) and TensorBoard logs
-(`tensorboard --logdir model`). Each epoch trains with a progress bar, validates on the held-out fold and
-prints train loss, validation loss, macro F1 over the 18 classes, the per-task F1 and accuracy.
+A run directory holds what reproduces it: config.json (every resolved argument, the label scheme included),
+best.pth (the best validation macro F1, or accuracy with --select accuracy), last.pth (the latest epoch),
+summary.csv (one row per epoch) and TensorBoard logs (`tensorboard --logdir model`). Each epoch trains with a
+progress bar, validates on the held-out fold and prints train loss, validation loss, macro F1 over the scheme's
+classes, accuracy and the competition's per-task F1, then each class's F1.
 """
 import argparse
 import copy
@@ -23,12 +26,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import torch
-from adamp import AdamP, SGDP
-from timm.utils import ModelEmaV3
-from torch.optim.lr_scheduler import (CosineAnnealingLR, LambdaLR, LinearLR, OneCycleLR, ReduceLROnPlateau,
-                                      SequentialLR, StepLR)
-from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
-from torchsampler import ImbalancedDatasetSampler
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -36,28 +35,26 @@ import cli
 import distributed
 from augmentation import (AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_batch_jitter, create_transform,
                           decode_size)
-from dataset import (CACHE_MODES, NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDataset, SeededSampler, decode_label,
-                     inverse_frequency, load_folds, loader_options, num_target_classes, open_cache, parse_age_range,
+from dataset import (CACHE_MODES, OLD_AGE, SAMPLERS, ImageDataset, LabelScheme, SeededSampler, create_sampler,
+                     frame_scheme, load_folds, loader_options, open_cache, parse_age_range, run_scheme, target_scheme,
                      training_targets)
-from evaluation import score, score_task
+from evaluation import class_f1, score
 from faces import CROP_MODES, check_crop_box, crop_regions
 from fileio import load_checkpoint, save_checkpoint, write_csv, write_json
-from loss import CRITERIA, MultiTaskLoss, create_criterion
-from model import (AMP_DTYPES, HEADS, autocast, check_amp, create_model, freeze_backbone, load_weights,
-                   place_model, predict, to_memory_format)
+from loss import CRITERIA, create_training_criterion
+from model import AMP_DTYPES, HEADS, autocast, create_model, freeze_backbone, load_weights, place_model, predict, \
+    to_memory_format
+from optim import OPTIMIZERS, SCHEDULERS, create_ema, create_grad_scaler, create_optimizer, create_scheduler
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-              "sgdp": SGDP, "adamp": AdamP}
-SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
-SAMPLERS = ("none", "weighted", "imbalanced")
-WARMUP_START = 0.01  # warmup's first learning rate, as a fraction of --lr
+SELECT = {"f1": "val_f1", "accuracy": "val_accuracy"}  # --select: the validation metric that picks best.pth
+
 
 
 def get_args_parser():
-    parser = cli.new_parser("Train a mask / gender / age classifier on one fold.")
+    parser = cli.new_parser("Train a classifier (competition or class folders) on one fold.")
     data = parser.add_argument_group("data")
     cli.add_flag(data, "data_dir", default=cli.env_default("SM_CHANNEL_TRAIN", "data/train/images"),
-                 help="folder of person folders (env SM_CHANNEL_TRAIN)")
+                 help="folder of person folders, or of class folders (env SM_CHANNEL_TRAIN)")
     cli.add_flag(data, "csv", default=None, help="folds CSV from preprocess.py (default: folds.csv beside data_dir)")
     cli.add_flag(data, "fold", type=fold_number, default=0,
                  help="fold held out for validation; all: one run per fold in run_dir/fold0, fold1, ... "
@@ -78,10 +75,10 @@ def get_args_parser():
     cli.add_flag(data, "workers", type=int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
                  help="loader worker processes (default: the cores but one, at most 8)")
     cli.add_flag(data, "sampler", default="none", choices=SAMPLERS,
-                 help="none: shuffle; weighted: draw each of the 18 classes equally often (inverse frequency); "
+                 help="none: shuffle; weighted: draw each class equally often (inverse frequency); "
                       "imbalanced: torchsampler's ImbalancedDatasetSampler on the training targets")
     cli.add_flag(data, "old_age", type=int, default=OLD_AGE,
-                 help="training targets count ages >= this as 60+ (validation always uses 60)")
+                 help="competition: training targets count ages >= this as 60+ (validation always uses 60)")
     cli.add_flag(data, "drop_ages", default=None, metavar="A-B",
                  help="leave people of these ages (a range A-B or one age) out of training, never of validation")
 
@@ -97,10 +94,11 @@ def get_args_parser():
 
     model = parser.add_argument_group("model")
     cli.add_flag(model, "model", default="resnet18", help="timm, torchvision or efficientnet-pytorch name")
-    cli.add_flag(model, "head", default="single", choices=HEADS,
-                 help="single: 18 logits; multi: mask 3 + gender 2 + age 3 heads")
-    cli.add_flag(model, "task", default="all", choices=["all", *TASK_CLASSES],
-                 help="all: the 18 classes; mask, gender or age: that task alone (single head)")
+    cli.add_flag(model, "head", default="auto", choices=["auto", *HEADS],
+                 help="single: one logit per class; multi: one head per task of the scheme (the competition's mask 3 "
+                      "+ gender 2 + age 3); auto: multi where the scheme has several tasks, else single")
+    cli.add_flag(model, "task", default="all",
+                 help="all: every class of the scheme; mask, gender or age: that competition task alone")
     cli.add_flag(model, "pretrained", action="store_true", help="start from the hub's ImageNet weights")
     cli.add_flag(model, "pretrained_path", default=None, help="start from a local weights file instead")
 
@@ -128,14 +126,16 @@ def get_args_parser():
     cli.add_flag(optimisation, "criterion", default="cross_entropy", choices=CRITERIA, help="training criterion")
     cli.add_flag(optimisation, "class_weights", default="none", choices=["none", "auto"],
                  help="auto: weigh the criterion's classes by inverse training frequency (mean 1; f1 ignores it)")
-    cli.add_flag(optimisation, "task_criteria", nargs=3, default=None, choices=CRITERIA,
-                 metavar=("MASK", "GENDER", "AGE"), help="--head multi: one criterion per task (default: --criterion)")
-    cli.add_flag(optimisation, "task_weights", type=float, nargs=3, default=[1.0, 1.0, 1.0],
-                 metavar=("MASK", "GENDER", "AGE"), help="--head multi: weight of each task's criterion")
+    cli.add_flag(optimisation, "task_criteria", nargs="+", default=None, choices=CRITERIA, metavar="CRITERION",
+                 help="--head multi: one criterion per task, e.g. mask gender age (default: --criterion)")
+    cli.add_flag(optimisation, "task_weights", type=float, nargs="+", default=None, metavar="WEIGHT",
+                 help="--head multi: weight of each task's criterion (default: 1 each)")
     cli.add_flag(optimisation, "focal_gamma", type=float, default=2.0, help="focal criterion's gamma")
     cli.add_flag(optimisation, "smoothing", type=float, default=0.1, help="label_smoothing criterion's epsilon")
     cli.add_flag(optimisation, "patience", type=int, default=0,
                  help="stop after this many epochs without a better validation F1 (0: never)")
+    cli.add_flag(optimisation, "select", default="f1", choices=list(SELECT),
+                 help="the validation metric that picks best.pth and drives --patience: macro F1 or top-1 accuracy")
 
     run = parser.add_argument_group("run")
     cli.add_flag(run, "model_dir", default=cli.env_default("SM_MODEL_DIR", "model"),
@@ -217,18 +217,6 @@ def run_crop_regions(args, frame):
     return crop_regions(frame, args.crop, args.face_margin, args.crop_box)
 
 
-def create_sampler(name, dataset, labels, generator=None):
-    """A shuffle (what DataLoader's shuffle=True would draw), or a sampler that draws with replacement, rare classes
-    as often as common ones: weighted by the inverse frequency of the 18-class `labels`, imbalanced by the dataset's
-    own targets."""
-    if name == "weighted":
-        weights = inverse_frequency(labels, NUM_CLASSES)[labels]
-        return WeightedRandomSampler(weights, len(labels), generator=generator)
-    if name == "imbalanced":
-        return ImbalancedDatasetSampler(dataset)
-    return RandomSampler(dataset, generator=generator)
-
-
 def build_loaders(args, frame, data_dir, device):
     """Training loader (--old_age targets, --drop_ages left out, --sampler) and validation loader (true labels)."""
     if args.old_age <= 30:
@@ -257,77 +245,14 @@ def build_loaders(args, frame, data_dir, device):
     # workers persist between epochs, and a resumed run replays the epochs it continues. The loader's own generator
     # seeds its workers, which draw nothing from their seeds: it keeps that draw off torch's global generator.
     draws = torch.Generator().manual_seed(args.seed)
-    labels = training_targets(train_frame, "all", args.old_age)
-    sampler = distributed.shard(SeededSampler(create_sampler(args.sampler, train_set, labels, draws), draws), draws)
+    labels, classes = training_targets(train_frame, "all", args.old_age), frame_scheme(frame).num_classes
+    sampler = create_sampler(args.sampler, train_set, labels, classes, draws)
+    sampler = distributed.shard(SeededSampler(sampler, draws), draws)
     options = loader_options(args.workers, device, persistent=True)
     train_loader = DataLoader(train_set, args.batch_size, sampler=sampler, drop_last=len(sampler) > args.batch_size,
                               generator=torch.Generator().manual_seed(args.seed), **options)
     valid_loader = DataLoader(valid_set, args.valid_batch_size, shuffle=False, **options)
     return train_loader, valid_loader
-
-
-def weighted_criterion(args, name, targets, num_classes):
-    """The named criterion, with inverse-frequency class weights of `targets` under --class_weights auto."""
-    weights = None
-    if args.class_weights == "auto":
-        weights = torch.as_tensor(inverse_frequency(targets, num_classes), dtype=torch.float32)
-    return create_criterion(name, weights, args.focal_gamma, args.smoothing)
-
-
-def create_training_criterion(args, targets):
-    """The criterion for the training targets: one over the outputs, or for --head multi the weighted sum of one
-    criterion per task (--task_criteria, --task_weights)."""
-    if args.head == "multi":
-        names = args.task_criteria or [args.criterion] * len(TASK_CLASSES)
-        return MultiTaskLoss([weighted_criterion(args, name, task_targets, classes) for name, task_targets, classes
-                              in zip(names, decode_label(targets), TASK_CLASSES.values())], args.task_weights)
-    if args.task_criteria or args.task_weights != [1.0, 1.0, 1.0]:
-        raise cli.UserError("--task_criteria and --task_weights weigh the three heads of --head multi")
-    return weighted_criterion(args, args.criterion, targets, num_target_classes(args.task))
-
-
-def create_optimizer(args, parameters):
-    options = {"lr": args.lr, "weight_decay": args.weight_decay}
-    if args.optimizer in ("sgd", "sgdp"):
-        options["momentum"] = args.momentum
-    return OPTIMIZERS[args.optimizer](parameters, **options)
-
-
-def create_scheduler(args, optimizer, steps_per_epoch):
-    """The --scheduler after --warmup_epochs of linear warmup, stepped after every optimisation step; except
-    plateau, stepped once per epoch on the validation F1."""
-    if args.warmup_epochs and (args.scheduler in ("onecycle", "plateau") or args.warmup_epochs >= args.epochs):
-        raise cli.UserError(f"--warmup_epochs {args.warmup_epochs} needs fewer than --epochs {args.epochs} epochs "
-                            "and a scheduler other than onecycle (which warms up itself) and plateau")
-    if args.scheduler == "plateau":
-        return ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_decay, patience=args.plateau_patience)
-    warmup_steps = args.warmup_epochs * steps_per_epoch
-    steps = args.epochs * steps_per_epoch - warmup_steps
-    schedules = {
-        "none": lambda: LambdaLR(optimizer, lambda step: 1.0),
-        "step": lambda: StepLR(optimizer, args.lr_decay_step * steps_per_epoch, args.lr_decay),
-        "cosine": lambda: CosineAnnealingLR(optimizer, steps),
-        "onecycle": lambda: OneCycleLR(optimizer, args.max_lr or args.lr, total_steps=steps),
-    }
-    if not warmup_steps:
-        return schedules[args.scheduler]()
-    warmup = LinearLR(optimizer, start_factor=WARMUP_START, total_iters=warmup_steps)
-    return SequentialLR(optimizer, [warmup, schedules[args.scheduler]()], milestones=[warmup_steps])
-
-
-def create_ema(args, model):
-    """timm's exponential moving average of the model's weights under --ema DECAY, else None."""
-    if not args.ema:
-        return None
-    if not 0 < args.ema < 1:
-        raise cli.UserError(f"--ema {args.ema} is a decay: between 0 and 1, e.g. 0.999")
-    return ModelEmaV3(model, decay=args.ema)
-
-
-def create_grad_scaler(amp, device):
-    """The loss scaling that --amp fp16 needs against underflowing gradients (a pass-through otherwise)."""
-    check_amp(amp, device)
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
 class DivergedError(Exception):
@@ -376,16 +301,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, epoc
     return total_loss / seen
 
 
-def score_targets(targets, predicted, task):
-    """Macro F1 over the 18 classes and per task, or over one task's classes, and accuracy."""
-    return score(targets, predicted) if task == "all" else score_task(targets, predicted, task)
-
-
-def validate(model, loader, criterion, head, task, device, amp="off", channels_last=False):
-    """Validation metrics (loss, F1 over the 18 classes and per task, or over one task's classes) and probabilities,
-    the forward passes as fast as training's (`amp`, `channels_last`)."""
-    probabilities, loss = predict(model, loader, head, device, criterion, amp, channels_last)
-    metrics = score_targets(loader.dataset.targets, probabilities.argmax(dim=1).numpy(), task)
+def validate(model, loader, criterion, head, scheme, device, amp="off", channels_last=False):
+    """Validation metrics (loss, macro F1 over the classes of `scheme`, accuracy, the competition's per-task F1,
+    each class's F1) and probabilities, the forward passes as fast as training's (`amp`, `channels_last`)."""
+    probabilities, loss = predict(model, loader, head, scheme, device, criterion, amp, channels_last)
+    targets, predicted = loader.dataset.targets, probabilities.argmax(dim=1).numpy()
+    metrics = {**score(targets, predicted, scheme), **class_f1(targets, predicted, scheme)}
     return {"val_loss": loss, **{f"val_{name}": value for name, value in metrics.items()}}, probabilities
 
 
@@ -395,8 +316,11 @@ def log_epoch(run_dir, writer, history, row):
     for name, value in row.items():
         if name != "epoch":
             writer.add_scalar(name, value, row["epoch"])
+    headline = {name: value for name, value in row.items() if "/" not in name}
     print(" ".join(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
-                   for name, value in row.items()), flush=True)
+                   for name, value in headline.items()))
+    print("  f1 per class: " + ", ".join(f"{name.split('/', 1)[1]} {value:.3f}" for name, value in row.items()
+                                         if "/" in name), flush=True)
 
 
 def seed_epoch(seed, epoch, loader, mixer, jitter=None, rank=0):
@@ -411,21 +335,37 @@ def seed_epoch(seed, epoch, loader, mixer, jitter=None, rank=0):
         jitter.rng = mixer.rng
 
 
+def configure_scheme(args, frame):
+    """Records the folds CSV's label scheme in the arguments (and so in config.json), checks --task against it and
+    resolves --head auto: multi where the classes are several tasks, single otherwise."""
+    scheme = frame_scheme(frame)
+    if getattr(args, "scheme", None) and LabelScheme.from_dict(args.scheme) != scheme:
+        raise cli.UserError(f"the run's classes {LabelScheme.from_dict(args.scheme).classes} are not those of "
+                            f"{args.csv} ({scheme.classes}): resume on the data it was trained on")
+    args.scheme = scheme.to_dict()
+    target = target_scheme(scheme, args.task)
+    if args.head == "auto":
+        args.head = "multi" if len(target.tasks) > 1 else "single"
+    if args.task != "all" and args.head != "single":
+        raise cli.UserError(f"--task {args.task} trains one task and needs --head single")
+
+
 def build_training(args, frame, device):
     """Everything a fold's training loop works with, built from its arguments: the model (and `trained`, the same
     model in DistributedDataParallel under torchrun), loaders, criterion, optimizer, scheduler, loss scaler, EMA
     (or None), colour jitter of the batches (or None) and batch mixer."""
+    configure_scheme(args, frame)
     scaler = create_grad_scaler(args.amp, device)  # first: a refused --amp builds nothing
     model = place_model(create_model(vars(args)), device, args.channels_last)
     train_loader, valid_loader = build_loaders(args, frame, Path(args.data_dir), device)
     optimizer = create_optimizer(args, model.parameters())
     training = SimpleNamespace(
         model=model, train_loader=train_loader, valid_loader=valid_loader, optimizer=optimizer, scaler=scaler,
-        criterion=create_training_criterion(args, train_loader.dataset.targets).to(device),
+        criterion=create_training_criterion(args, train_loader.dataset.targets, run_scheme(vars(args))).to(device),
         scheduler=create_scheduler(args, optimizer, len(train_loader)), ema=create_ema(args, model),
         jitter=create_batch_jitter(args.augmentation),
-        mixer=BatchMixer(num_target_classes(args.task), args.mixup, args.cutmix, args.mix_alpha, args.cutmix_mode,
-                         args.cutmix_ratio))
+        mixer=BatchMixer(run_scheme(vars(args)).num_classes, args.mixup, args.cutmix, args.mix_alpha,
+                         args.cutmix_mode, args.cutmix_ratio))
     if args.compile:
         model.compile()  # in place, after the EMA's copy: the state_dict keys, and so the checkpoints, stay the same
     training.trained = distributed.wrap(model, find_unused_parameters=args.freeze_epochs > 0)  # gradients averaged
@@ -460,7 +400,9 @@ def restore_progress(path, training):
     training.scheduler.load_state_dict(state["scheduler"])
     training.scaler.load_state_dict(state.get("scaler", {}))  # fp16's loss scale; runs saved before it had none
     print(f"resumed {path} after epoch {state['epoch']}")
-    return state["progress"]
+    progress = state["progress"]
+    progress.setdefault("best_score", progress.pop("best_f1", -math.inf))  # the name before --select
+    return progress
 
 
 def run_epoch(args, training, epoch, device):
@@ -474,7 +416,8 @@ def run_epoch(args, training, epoch, device):
     # batch-norm statistics differ (each saw its own batches), and the same metrics give every rank the same
     # plateau step and early stop.
     metrics, probabilities = distributed.run_on_main(validate, evaluated_model(training), training.valid_loader,
-                                                     training.criterion, args.head, args.task, device, args.amp,
+                                                     training.criterion, args.head, run_scheme(vars(args)), device,
+                                                     args.amp,
                                                      args.channels_last)
     return distributed.mean(train_loss), metrics, probabilities
 
@@ -496,7 +439,7 @@ def train_fold(args, frame, run_dir, fold, resume=False):
           f"validation images, {args.model} ({args.head} head, task {args.task}) on {device}")
 
     writer = SummaryWriter(run_dir) if distributed.is_main() else None
-    progress = {"epoch": 0, "best_f1": -math.inf, "epochs_without_improvement": 0, "history": []}
+    progress = {"epoch": 0, "best_score": -math.inf, "epochs_without_improvement": 0, "history": []}
     if resume and (run_dir / "last.pth").is_file():
         progress = restore_progress(run_dir / "last.pth", training)
     for epoch in range(progress["epoch"] + 1, args.epochs + 1):
@@ -512,10 +455,11 @@ def train_fold(args, frame, run_dir, fold, resume=False):
             raise cli.UserError(f"{error}: stopped; {kept}; lower --lr or change --criterion") from None
         if isinstance(training.scheduler, ReduceLROnPlateau):
             training.scheduler.step(metrics["val_f1"])
-        improved = metrics["val_f1"] > progress["best_f1"]
+        selected = metrics[SELECT[args.select]]
+        improved = selected > progress["best_score"]
         row = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": training.scheduler.get_last_lr()[0],
                "seconds": time.time() - started}
-        progress = {"epoch": epoch, "best_f1": max(progress["best_f1"], metrics["val_f1"]),
+        progress = {"epoch": epoch, "best_score": max(progress["best_score"], selected),
                     "epochs_without_improvement": 0 if improved else progress["epochs_without_improvement"] + 1,
                     "history": progress["history"] + [row]}
         if distributed.is_main():  # rank 0 alone writes checkpoints and logs
@@ -523,7 +467,7 @@ def train_fold(args, frame, run_dir, fold, resume=False):
             log_epoch(run_dir, writer, progress["history"], row)  # after last.pth: the logs show no lost epoch
     if writer is not None:
         writer.close()
-    print(f"best val_f1 {progress['best_f1']:.4f}; checkpoints in {run_dir}")
+    print(f"best {SELECT[args.select]} {progress['best_score']:.4f}; checkpoints in {run_dir}")
     distributed.barrier()  # rank 0 has written best.pth
     return load_checkpoint(run_dir / "best.pth")["valid_probabilities"]
 
@@ -543,8 +487,9 @@ def train_all_folds(args, frame, run_dir, resume=False):
     if not distributed.is_main():
         return  # rank 0 alone writes the out-of-fold files
     write_csv(oof, run_dir / "oof.csv")
-    metrics = score_targets(oof["label"].to_numpy(), oof["predicted"].to_numpy(), args.task)
-    metrics["fold_f1"] = [score_targets(part["label"], part["predicted"], args.task)["f1"] for part in parts]
+    scheme = run_scheme(vars(args))
+    metrics = score(oof["label"].to_numpy(), oof["predicted"].to_numpy(), scheme)
+    metrics["fold_f1"] = [score(part["label"], part["predicted"], scheme)["f1"] for part in parts]
     write_json(metrics, run_dir / "oof_metrics.json")
     fold_f1 = ", ".join(f"{f1:.4f}" for f1 in metrics["fold_f1"])
     print(f"out-of-fold f1 {metrics['f1']:.4f} over {len(oof)} images (per fold {fold_f1}); "
@@ -576,6 +521,7 @@ def main():
         data_dir = Path(args.data_dir)
         args.csv = str(Path(args.csv) if args.csv else data_dir.parent / "folds.csv")
         frame = load_folds(Path(args.csv), data_dir, args.fold)
+        configure_scheme(args, frame)
         if not resume:
             run_dir = distributed.run_on_main(next_run_dir, args.model_dir, args.name)  # rank 0's choice, for all
         if args.fold == "all":

@@ -17,9 +17,10 @@ import torch
 import train
 from augmentation import BatchMixer, create_batch_jitter
 from conftest import REPO_ROOT
-from dataset import NUM_CLASSES, ImageDataset, SeededSampler, load_folds
+from dataset import COMPETITION, NUM_CLASSES, ImageDataset, SeededSampler, create_sampler, load_folds
 from distributed import ShardSampler, shard
 from fileio import load_checkpoint
+from loss import create_training_criterion
 from model import create_model, load_weights
 
 TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
@@ -41,7 +42,7 @@ def rank_draw(name, size, rank, world_size=WORLD_SIZE):
     dataset = ImageDataset([f"{k}.jpg" for k in range(size)], labels)
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(rank)
-    return list(ShardSampler(train.create_sampler(name, dataset, labels, generator), rank, world_size, generator))
+    return list(ShardSampler(create_sampler(name, dataset, labels, NUM_CLASSES, generator), rank, world_size, generator))
 
 
 @pytest.mark.parametrize("size", [10, 11])
@@ -62,7 +63,7 @@ def test_shuffle_shards_are_disjoint_and_cover_every_image():
 
 
 def test_a_single_process_keeps_the_whole_sampler():
-    sampler = train.create_sampler("none", ImageDataset(["0.jpg", "1.jpg"]), np.zeros(2, dtype=int))
+    sampler = create_sampler("none", ImageDataset(["0.jpg", "1.jpg"]), np.zeros(2, dtype=int), NUM_CLASSES)
     assert shard(sampler, torch.Generator()) is sampler
 
 
@@ -115,8 +116,8 @@ def test_distributed_validation_f1_equals_a_single_process_evaluation_of_best_pt
     best = load_checkpoint(run / "best.pth")
     model = create_model(vars(args), initial_weights=False)
     load_weights(model, best["model"], run / "best.pth")
-    criterion = train.create_training_criterion(args, train_loader.dataset.targets)
-    metrics, probabilities = train.validate(model, valid_loader, criterion, args.head, args.task, torch.device("cpu"))
+    criterion = create_training_criterion(args, train_loader.dataset.targets, COMPETITION)
+    metrics, probabilities = train.validate(model, valid_loader, criterion, args.head, COMPETITION, torch.device("cpu"))
     summary = pd.read_csv(run / "summary.csv").set_index("epoch")
     assert metrics["val_f1"] == pytest.approx(summary.loc[best["epoch"], "val_f1"], abs=1e-9)
     assert metrics["val_loss"] == pytest.approx(summary.loc[best["epoch"], "val_loss"], rel=1e-5)

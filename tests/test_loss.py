@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dataset import encode_label
+from dataset import COMPETITION, encode_label
 from loss import F1Loss, FocalLoss, MultiTaskLoss, create_criterion
 
 LOGITS = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -68,7 +68,7 @@ def test_multi_task_loss_is_the_weighted_sum_of_task_losses():
     logits = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([encode_label(0, 1, 2), encode_label(2, 0, 0), encode_label(1, 1, 1), 0])
     weights = (1.0, 0.5, 2.0)
-    loss = MultiTaskLoss([create_criterion("cross_entropy")] * 3, weights)(logits, labels)
+    loss = MultiTaskLoss([create_criterion("cross_entropy")] * 3, COMPETITION, weights)(logits, labels)
     expected = (1.0 * F.cross_entropy(logits[:, :3], torch.tensor([0, 2, 1, 0]))
                 + 0.5 * F.cross_entropy(logits[:, 3:5], torch.tensor([1, 0, 1, 0]))
                 + 2.0 * F.cross_entropy(logits[:, 5:], torch.tensor([2, 0, 1, 0])))

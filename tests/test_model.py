@@ -5,7 +5,7 @@ import torch
 
 from cli import UserError
 from conftest import assert_one_line_error, run_script
-from dataset import NUM_CLASSES, decode_label
+from dataset import COMPETITION, NUM_CLASSES, decode_label, target_scheme
 from model import MaskClassifier, create_backbone, logits_to_probabilities, resolve_library
 
 IMAGES = torch.randn(2, 3, 64, 48)
@@ -15,13 +15,13 @@ IMAGES = torch.randn(2, 3, 64, 48)
     ("single", "all", 18), ("multi", "all", 8), ("single", "mask", 3), ("single", "gender", 2), ("single", "age", 3),
 ])
 def test_head_output_sizes(head, task, outputs):
-    model = MaskClassifier("test_resnet", head, task).eval()
+    model = MaskClassifier("test_resnet", head, target_scheme(COMPETITION, task)).eval()
     assert model(IMAGES).shape == (2, outputs)
 
 
 def test_multi_head_decodes_to_18_class_probabilities():
     logits = torch.tensor([[5.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 5.0]])  # wear, female, 60+
-    probabilities = logits_to_probabilities(logits, "multi")
+    probabilities = logits_to_probabilities(logits, "multi", COMPETITION)
     assert probabilities.shape == (1, NUM_CLASSES)
     assert probabilities.sum().item() == pytest.approx(1.0)
     assert [int(part) for part in decode_label(probabilities.argmax(dim=1))] == [0, 1, 2]
@@ -37,7 +37,7 @@ def test_model_names_resolve_to_their_library(name, library):
 
 @pytest.mark.parametrize("name", ["efficientnet-b0", "torchvision:mobilenet_v3_small"])
 def test_every_library_builds_an_18_class_model(name):
-    model = MaskClassifier(name).eval()
+    model = MaskClassifier(name, "single", COMPETITION).eval()
     assert model(IMAGES).shape == (2, NUM_CLASSES)
 
 

@@ -17,9 +17,12 @@ import preprocess
 import train
 from augmentation import BatchMixer, StrongAugmentation
 from cli import UserError
-from dataset import NUM_CLASSES, TASK_CLASSES, ImageDataset, decode_label, encode_label, inverse_frequency
+from dataset import (COMPETITION, NUM_CLASSES, TASK_CLASSES, ImageDataset, create_sampler, decode_label, encode_label,
+                     inverse_frequency)
 from fileio import load_checkpoint
+from loss import create_training_criterion
 from model import create_model
+from optim import create_scheduler
 
 TINY = ["--model", "test_resnet", "--resize", "64", "48", "--batch_size", "16", "--workers", "0", "--epochs", "1"]
 
@@ -44,26 +47,26 @@ def test_samplers_draw_rare_classes_more_often(name):
     labels = np.array([0] * 90 + [17] * 10)  # 60+ is rare: here 10%
     dataset = ImageDataset([f"{k}.jpg" for k in range(100)], labels)
     torch.manual_seed(0)
-    sampler = train.create_sampler(name, dataset, labels, torch.Generator().manual_seed(0))
+    sampler = create_sampler(name, dataset, labels, NUM_CLASSES, torch.Generator().manual_seed(0))
     assert len(sampler) == 100
     assert 0.4 < rare_share(sampler, labels, 17) < 0.6
-    assert isinstance(train.create_sampler("none", dataset, labels), RandomSampler)  # a plain shuffle
+    assert isinstance(create_sampler("none", dataset, labels, NUM_CLASSES), RandomSampler)  # a plain shuffle
 
 
 def test_class_weights_are_inverse_frequency_with_mean_one():
     weights = inverse_frequency([0, 0, 0, 1], 3)
     assert weights == pytest.approx([0.5, 1.5, 0.0])  # 1/3 : 1, mean 1 over present classes; absent weighs 0
     targets = np.array([0] * 6 + [5] * 3 + [17])
-    criterion = train.create_training_criterion(parse("--class_weights", "auto", "--criterion", "focal"), targets)
+    criterion = create_training_criterion(parse("--class_weights", "auto", "--criterion", "focal"), targets, COMPETITION)
     expected = np.zeros(NUM_CLASSES)
     expected[[0, 5, 17]] = np.array([1 / 6, 1 / 3, 1.0]) / np.mean([1 / 6, 1 / 3, 1.0])
     assert criterion.weight.numpy() == pytest.approx(expected)
-    assert train.create_training_criterion(parse(), targets).weight is None
+    assert create_training_criterion(parse(), targets, COMPETITION).weight is None
 
 
 def test_multi_head_class_weights_are_per_task():
     targets = encode_label(np.array([0, 0, 0, 2]), np.array([0, 1, 1, 1]), np.array([0, 0, 2, 2]))
-    criterion = train.create_training_criterion(parse("--head", "multi", "--class_weights", "auto"), targets)
+    criterion = create_training_criterion(parse("--head", "multi", "--class_weights", "auto"), targets, COMPETITION)
     for task_criterion, labels, classes in zip(criterion.criteria, decode_label(targets), TASK_CLASSES.values()):
         assert task_criterion.weight.numpy() == pytest.approx(inverse_frequency(labels, classes))
 
@@ -195,7 +198,7 @@ def test_multi_task_loss_with_task_weights_equals_the_weighted_sum():
     expected = (1 * F.cross_entropy(logits[:, :3], mask, label_smoothing=0.1)
                 + 0.5 * F.cross_entropy(logits[:, 3:5], gender)
                 + 2 * (-(1 - age_log_probs.exp()) ** 2 * age_log_probs).mean())
-    criterion = train.create_training_criterion(args, targets.numpy())
+    criterion = create_training_criterion(args, targets.numpy(), COMPETITION)
     assert criterion(logits, targets).item() == pytest.approx(expected.item(), rel=1e-5)
     soft = F.one_hot(targets, NUM_CLASSES).float()  # mixed batches: 18-class soft targets
     assert criterion(logits, soft).item() == pytest.approx(expected.item(), rel=1e-5)
@@ -203,7 +206,7 @@ def test_multi_task_loss_with_task_weights_equals_the_weighted_sum():
 
 def test_task_options_need_the_multi_head():
     with pytest.raises(UserError, match="--head multi"):
-        train.create_training_criterion(parse("--task_weights", "1", "2", "1"), np.array([0, 1]))
+        create_training_criterion(parse("--head", "single", "--task_weights", "1", "2", "1"), np.array([0, 1]), COMPETITION)
 
 
 @pytest.mark.parametrize("task, outputs", [("mask", 3), ("gender", 2), ("age", 3)])
@@ -214,7 +217,7 @@ def test_single_task_runs_have_3_2_3_outputs_and_mix_into_task_soft_targets(task
     assert model(images).shape == (4, outputs)
     mixed, soft = BatchMixer(outputs, cutmix=1.0, cutmix_mode="vertical", rng=np.random.default_rng(0))(images, targets)
     assert soft.shape == (4, outputs)
-    criterion = train.create_training_criterion(args, np.array([0, 0, 1]))
+    criterion = create_training_criterion(args, np.array([0, 0, 1]), COMPETITION)
     assert criterion.weight.shape == (outputs,) and torch.isfinite(criterion(model(mixed), soft))
 
 
@@ -226,7 +229,7 @@ def test_strong_augmentation_keeps_the_input_size():
 def scheduler_lrs(*flags, steps=4, f1=None):
     args = parse("--lr", "0.1", *flags)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
-    scheduler = train.create_scheduler(args, optimizer, steps_per_epoch=steps)
+    scheduler = create_scheduler(args, optimizer, steps_per_epoch=steps)
     lrs = []
     for epoch in range(args.epochs):
         for _ in range(steps):
@@ -261,7 +264,7 @@ def test_frozen_backbone_trains_only_the_head():
     before = {name: value.clone() for name, value in model.state_dict().items()}
     batches = [(torch.randn(4, 3, 64, 48), torch.tensor([0, 5, 9, 17]))] * 2
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = train.create_scheduler(parse("--scheduler", "none"), optimizer, 2)
+    scheduler = create_scheduler(parse("--scheduler", "none"), optimizer, 2)
     train.train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), optimizer, scheduler, torch.device("cpu"), 1,
                           clip_grad=1.0, frozen=True)
     changed = {name for name, value in model.state_dict().items() if not torch.equal(value, before[name])}
@@ -289,7 +292,7 @@ def test_fold_all_predicts_every_training_image_once_by_the_model_that_did_not_t
         model = create_model(config, initial_weights=False)
         model.load_state_dict(load_checkpoint(fold_run / "best.pth")["model"])
         loader = train.build_loaders(parse(*TINY, "--fold", str(fold)), folds, images, torch.device("cpu"))[1]
-        _, probabilities = train.validate(model, loader, torch.nn.CrossEntropyLoss(), "single", "all", torch.device("cpu"))
+        _, probabilities = train.validate(model, loader, torch.nn.CrossEntropyLoss(), "single", COMPETITION, torch.device("cpu"))
         columns = [f"prob_{k}" for k in range(NUM_CLASSES)]
         assert np.allclose(predicted[columns].to_numpy(), probabilities.numpy(), atol=1e-5)
     metrics = json.loads((run / "oof_metrics.json").read_text())

@@ -17,8 +17,10 @@ import train
 from augmentation import BatchMixer, create_transform, decode_size
 from cli import UserError
 from conftest import run_script
-from dataset import CACHE_MODES, NUM_CLASSES, DecodedCache, ImageDataset, decode_image, load_folds, open_cache
+from dataset import (COMPETITION, CACHE_MODES, NUM_CLASSES, DecodedCache, ImageDataset, decode_image, load_folds,
+                     open_cache)
 from model import MaskClassifier
+from optim import create_optimizer, create_scheduler
 
 RESIZE = (64, 48)
 TINY = ["--model", "test_resnet", "--resize", "64", "48", "--batch_size", "16", "--workers", "0", "--epochs", "1"]
@@ -99,7 +101,7 @@ def test_an_interrupted_build_leaves_no_cache_that_is_used(sample_data, tmp_path
 
 
 def test_the_model_takes_uint8_and_unit_float_batches_alike():
-    model = MaskClassifier("test_resnet").eval()
+    model = MaskClassifier("test_resnet", "single", COMPETITION).eval()
     images = torch.randint(0, 256, (2, 3, *RESIZE), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.allclose(model(images), model(images.float() / 255), atol=1e-5)
@@ -167,8 +169,8 @@ def test_validation_runs_under_the_training_autocast_and_memory_format():
     photos.targets = targets.numpy()  # what validate() scores against
     loader = DataLoader(photos, batch_size=4)
     criterion, cpu = torch.nn.CrossEntropyLoss(), torch.device("cpu")
-    plain, plain_probabilities = train.validate(model, loader, criterion, "single", "all", cpu)
-    fast, fast_probabilities = train.validate(model, loader, criterion, "single", "all", cpu, "bf16", True)
+    plain, plain_probabilities = train.validate(model, loader, criterion, "single", COMPETITION, cpu)
+    fast, fast_probabilities = train.validate(model, loader, criterion, "single", COMPETITION, cpu, "bf16", True)
     assert seen == [(None, False), (torch.bfloat16, True)]
     assert fast_probabilities.dtype == torch.float32
     assert torch.allclose(fast_probabilities, plain_probabilities, atol=0.05)  # bf16 keeps ~3 significant digits
@@ -178,10 +180,10 @@ def test_last_pth_keeps_the_fp16_loss_scale_for_a_resume(tmp_path):
     args = train.get_args_parser().parse_args(TINY)
 
     def training(scale):
-        model = MaskClassifier("test_resnet")
-        optimizer = train.create_optimizer(args, model.parameters())
+        model = MaskClassifier("test_resnet", "single", COMPETITION)
+        optimizer = create_optimizer(args, model.parameters())
         return SimpleNamespace(model=model, optimizer=optimizer, ema=None,
-                               scheduler=train.create_scheduler(args, optimizer, 2),
+                               scheduler=create_scheduler(args, optimizer, 2),
                                scaler=torch.amp.GradScaler("cpu", init_scale=scale))
 
     interrupted = training(scale=1024.0)  # as fp16 training backs its scale off from 65536 after overflows
