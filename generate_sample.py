@@ -20,7 +20,7 @@ the other classifiers the toolkit serves: `mask` (mask / no_mask), `helmet`
 (helmet / no_helmet), `mask_sunglasses` (face / masked_face / face_sunglasses /
 masked_face_sunglasses) and `mask_3class` (correct_mask / incorrect_mask /
 no_mask), under --out:
-    train/{class}/{person:05d}_{photo}.jpg      (preprocess.py --group_regex '^(\d+)_')
+    train/{class}/{person:05d}_{photo}.jpg      (preprocess.py --group_regex '^(\\d+)_')
     eval/{class}/{person:05d}_{photo}.jpg       (held-out people: evaluation.py --truth)
 
 Every person is drawn from numpy.random.default_rng([seed, split, index]), so
