@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -119,6 +120,21 @@ def training_targets(frame, task="all", old_age=OLD_AGE):
     age = age_band(frame["age"].to_numpy(), old_age)
     targets = {"all": encode_label(mask, gender, age), "mask": mask, "gender": gender, "age": age}[task]
     return targets.astype(np.int64)
+
+
+def task_class_names(task):
+    """Readable names of one task's classes in label order: wear, incorrect, not_wear; male, female; <30, 30-59, 60+."""
+    if task == "age":
+        return ["<30", f"30-{OLD_AGE - 1}", f"{OLD_AGE}+"]
+    return [label.name.lower() for label in {"mask": MaskLabel, "gender": GenderLabel}[task]]
+
+
+def class_names(task="all"):
+    """Readable names of the target classes in label order: the 18 classes as mask/gender/age (wear/male/<30, ...),
+    or one task's classes."""
+    if task != "all":
+        return task_class_names(task)
+    return ["/".join(names) for names in itertools.product(*map(task_class_names, TASK_CLASSES))]
 
 
 def num_target_classes(task="all"):

@@ -3,10 +3,16 @@
     export SM_GROUND_TRUTH_DIR=data/gt SM_OUTPUT_DATA_DIR=output
     python evaluation.py                                   # gt.csv vs output/output.csv
     python evaluation.py --submission other.csv --gt_dir data/gt
+    python evaluation.py --report report                  # + pictures: confusion matrices, per class, mistakes
 
 Prints the organisers' JSON ({"accuracy": {...}, "f1": {...}}), then one line with the per-task F1.
 A submission whose ImageIDs do not match gt.csv one to one, or whose labels are not integers 0-17, is
 refused with a one-line error and exit code 2.
+
+`--report DIR` also writes reports.py's pictures: the confusion matrices (18 classes and per task), the
+per-class scores and, from the probabilities.csv beside the submission (the confidence of each answer),
+mistakes.csv, every wrong answer most confident first, and mistakes.png, the most confident ones among the
+eval photos (`--images`). Without probabilities.csv, or without the photos, that part is skipped and said so.
 """
 import json
 from pathlib import Path
@@ -16,7 +22,8 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
 import cli
-from dataset import NUM_CLASSES, TASK_CLASSES, decode_label
+import reports
+from dataset import NUM_CLASSES, TASK_CLASSES, ImageDataset, decode_label
 from fileio import read_csv
 
 
@@ -28,6 +35,15 @@ def get_args_parser():
     cli.add_flag(paths, "output_dir", default=cli.env_default("SM_OUTPUT_DATA_DIR", "output"),
                  help="folder holding output.csv (env SM_OUTPUT_DATA_DIR)")
     cli.add_flag(paths, "submission", default=None, help="submission CSV (default: output_dir/output.csv)")
+    report = parser.add_argument_group("report (pictures of the predictions)")
+    cli.add_flag(report, "report", default=None, metavar="DIR",
+                 help="write confusion matrices, per-class scores and the most confident mistakes into DIR")
+    cli.add_flag(report, "probabilities", default=None,
+                 help="the submission's probabilities, for the mistakes (default: probabilities.csv beside it)")
+    cli.add_flag(report, "images", default=None,
+                 help="the photos gt.csv names, for the mistakes grid (default: images/ of $SM_CHANNEL_EVAL, "
+                      "else data/eval/images)")
+    cli.add_flag(report, "mistakes", type=int, default=16, help="photos in the mistakes grid")
     return parser
 
 
@@ -86,6 +102,54 @@ def align(ground_truth, submission):
     return submission.set_index("ImageID").loc[ground_truth["ImageID"], "ans"].to_numpy()
 
 
+def read_report_probabilities(args, submission_path, image_ids):
+    """The probabilities of the submission in gt order (--probabilities, or probabilities.csv beside it); None
+    when the default file is absent."""
+    path = Path(args.probabilities or Path(submission_path).parent / "probabilities.csv")
+    if args.probabilities is None and not path.is_file():
+        return None
+    from inference import read_probabilities  # inference imports this module: imported when a report needs it
+    ids, probabilities = read_probabilities(path)
+    row_of = {image_id: row for row, image_id in enumerate(ids)}
+    missing = [image_id for image_id in image_ids if image_id not in row_of]
+    if missing:
+        raise cli.UserError(f"{path} has no row for {missing[0]} of gt.csv ({len(missing)} missing): pass the "
+                            "probabilities.csv written with the submission (--probabilities)")
+    if probabilities.shape[1] != NUM_CLASSES:
+        raise cli.UserError(f"{path} holds {probabilities.shape[1]} classes, not {NUM_CLASSES}")
+    return probabilities.numpy()[[row_of[image_id] for image_id in image_ids]]
+
+
+def report_photos(args, image_ids):
+    """The dataset of the photos gt.csv names (--images), or None when the default folder lacks them."""
+    folder = Path(args.images or Path(cli.env_default("SM_CHANNEL_EVAL", "data/eval")) / "images")
+    absent = [image_id for image_id in image_ids if not (folder / image_id).is_file()]
+    if absent and args.images:
+        raise cli.UserError(f"--images {folder} lacks {absent[0]} ({len(absent)} of the {len(image_ids)} photos of "
+                            "gt.csv): pass the eval set's images folder")
+    return None if absent else ImageDataset([folder / image_id for image_id in image_ids])
+
+
+def read_report_inputs(args, submission_path, image_ids):
+    """(probabilities or None, photos or None) for --report, every input checked before anything is written."""
+    if Path(args.report).exists() and not Path(args.report).is_dir():
+        raise cli.UserError(f"--report {args.report} is a file: pass a folder for the pictures")
+    if args.mistakes < 1:
+        raise cli.UserError(f"--mistakes {args.mistakes}: show at least 1 photo")
+    probabilities = read_report_probabilities(args, submission_path, image_ids)
+    return probabilities, None if probabilities is None else report_photos(args, image_ids)
+
+
+def write_report(directory, ground_truth, predicted, probabilities, photos, shown):
+    """reports.py's pictures of the submission into `directory`; says which part lacked its input."""
+    written = reports.write_report(Path(directory), ground_truth["ans"].to_numpy(), predicted, "all", probabilities,
+                                   ground_truth["ImageID"].tolist(), None if photos is None else photos.load, shown)
+    skipped = ("; mistakes.csv and mistakes.png skipped: no probabilities.csv beside the submission "
+               "(--probabilities)" if probabilities is None
+               else "; mistakes.png skipped: no eval photos (--images)" if photos is None else "")
+    print(f"report in {directory}: {', '.join(written)}{skipped}")
+
+
 def organisers_json(metrics):
     """The organisers' result shape: percentages as strings, with their ranking flags."""
     return json.dumps({
@@ -99,9 +163,12 @@ def main():
     ground_truth = read_labels(Path(args.gt_dir) / "gt.csv", "ground truth")
     submission_path = args.submission or Path(args.output_dir) / "output.csv"
     predicted = align(ground_truth, read_labels(submission_path, "submission"))
+    report_inputs = read_report_inputs(args, submission_path, ground_truth["ImageID"].tolist()) if args.report else ()
     metrics = score(ground_truth["ans"].to_numpy(), predicted)
     print(organisers_json(metrics))
     print(" ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+    if args.report:
+        write_report(args.report, ground_truth, predicted, *report_inputs, args.mistakes)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@
 
 A run directory holds what reproduces it: config.json (every resolved argument), best.pth (the best
 validation macro F1), last.pth (the latest epoch), summary.csv (one row per epoch) and TensorBoard logs
-(`tensorboard --logdir model`). Each epoch trains with a progress bar, validates on the held-out fold and
-prints train loss, validation loss, macro F1 over the 18 classes, the per-task F1 and accuracy.
+(`tensorboard --logdir model`, with each epoch's confusion matrix), and what shows it: curves.png (redrawn
+every epoch) and report/, the best epoch's validation pictures (reports.py). Each epoch trains with a
+progress bar, validates on the held-out fold and prints train loss, validation loss, macro F1 over the 18
+classes, the per-task F1 and accuracy.
 """
 import argparse
 import copy
@@ -34,11 +36,12 @@ from tqdm import tqdm
 
 import cli
 import distributed
+import reports
 from augmentation import (AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_batch_jitter, create_transform,
                           decode_size)
-from dataset import (CACHE_MODES, NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDataset, SeededSampler, decode_label,
-                     inverse_frequency, load_folds, loader_options, num_target_classes, open_cache, parse_age_range,
-                     training_targets)
+from dataset import (CACHE_MODES, NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDataset, SeededSampler, class_names,
+                     decode_label, inverse_frequency, load_folds, loader_options, num_target_classes, open_cache,
+                     parse_age_range, training_targets)
 from evaluation import score, score_task
 from fileio import load_checkpoint, save_checkpoint, write_csv, write_json
 from loss import CRITERIA, MultiTaskLoss, create_criterion
@@ -371,6 +374,21 @@ def log_epoch(run_dir, writer, history, row):
                    for name, value in row.items()), flush=True)
 
 
+def draw_epoch(run_dir, writer, history, targets, probabilities, task):
+    """curves.png redrawn from the whole history, and the epoch's confusion matrix in TensorBoard."""
+    reports.save_figure(reports.curves_figure({run_dir.name: pd.DataFrame(history)}), run_dir / "curves.png")
+    figure = reports.confusion_figure(targets, probabilities.argmax(dim=1).numpy(), class_names(task))
+    writer.add_figure("confusion", figure, history[-1]["epoch"])
+
+
+def write_validation_report(report_dir, valid_set, image_ids, best, task):
+    """The pictures of the best epoch's validation predictions, photos as the validation loader gave them."""
+    probabilities = best["valid_probabilities"].numpy()
+    reports.write_report(report_dir, valid_set.targets, probabilities.argmax(axis=1), task, probabilities, image_ids,
+                         valid_set.load)
+    print(f"pictures of epoch {best['epoch']}'s validation in {report_dir}")
+
+
 def seed_epoch(seed, epoch, loader, mixer, jitter=None, rank=0):
     """Derives every random draw of an epoch (order, sampler, augmentation, jitter, mixing) from (seed, epoch)
     alone, so a run resumed at an epoch boundary continues exactly as the uninterrupted run. Under torchrun the
@@ -493,24 +511,33 @@ def train_fold(args, frame, run_dir, fold, resume=False):
         if distributed.is_main():  # rank 0 alone writes checkpoints and logs
             save_epoch(run_dir, args, training, progress, metrics, probabilities, improved)
             log_epoch(run_dir, writer, progress["history"], row)  # after last.pth: the logs show no lost epoch
+            draw_epoch(run_dir, writer, progress["history"], training.valid_loader.dataset.targets, probabilities,
+                       args.task)
     if writer is not None:
         writer.close()
     print(f"best val_f1 {progress['best_f1']:.4f}; checkpoints in {run_dir}")
     distributed.barrier()  # rank 0 has written best.pth
-    return load_checkpoint(run_dir / "best.pth")["valid_probabilities"]
+    best = load_checkpoint(run_dir / "best.pth")
+    if distributed.is_main():
+        write_validation_report(run_dir / "report", training.valid_loader.dataset,
+                                frame[frame["fold"] == fold]["path"].tolist(), best, args.task)
+    return best["valid_probabilities"]
 
 
 def train_all_folds(args, frame, run_dir, resume=False):
     """One run per fold in run_dir/fold0, fold1, ...; then every image's prediction by the model that did not
-    train on it in run_dir/oof.csv, and their metrics over the whole training set in run_dir/oof_metrics.json."""
+    train on it in run_dir/oof.csv, and their metrics over the whole training set in run_dir/oof_metrics.json.
+    oof.csv starts as probabilities.csv does (ImageID: the path under data_dir, as `inference.py --fold K` names it;
+    prob_0, prob_1, ...), so ensemble.py reads it; fold, label and predicted follow."""
     parts = []
     for fold in sorted(set(frame["fold"])):
         probabilities = train_fold(args, frame, run_dir / f"fold{fold}", fold, resume)
         held_out = frame[frame["fold"] == fold]  # validation rows, in the validation loader's order
         parts.append(pd.DataFrame({
-            "path": held_out["path"].to_numpy(), "fold": fold, "label": training_targets(held_out, args.task),
-            "predicted": probabilities.argmax(dim=1).numpy(),
-            **{f"prob_{k}": probabilities[:, k].numpy() for k in range(probabilities.shape[1])}}))
+            "ImageID": held_out["path"].to_numpy(),
+            **{f"prob_{k}": probabilities[:, k].numpy() for k in range(probabilities.shape[1])},
+            "fold": fold, "label": training_targets(held_out, args.task),
+            "predicted": probabilities.argmax(dim=1).numpy()}))
     oof = pd.concat(parts, ignore_index=True)
     if not distributed.is_main():
         return  # rank 0 alone writes the out-of-fold files
