@@ -44,6 +44,8 @@ def get_args_parser():
                  help="the photos gt.csv names, for the mistakes grid (default: images/ of $SM_CHANNEL_EVAL, "
                       "else data/eval/images)")
     cli.add_flag(report, "mistakes", type=int, default=16, help="photos in the mistakes grid")
+    cli.add_flag(report, "resize", type=int, nargs=2, default=[128, 96], metavar=("H", "W"),
+                 help="the grid's photos at this size: the model's --resize, as it saw them")
     return parser
 
 
@@ -121,13 +123,13 @@ def read_report_probabilities(args, submission_path, image_ids):
 
 
 def report_photos(args, image_ids):
-    """The dataset of the photos gt.csv names (--images), or None when the default folder lacks them."""
+    """The dataset of the photos gt.csv names (--images) at --resize, or None when the default folder lacks them."""
     folder = Path(args.images or Path(cli.env_default("SM_CHANNEL_EVAL", "data/eval")) / "images")
     absent = [image_id for image_id in image_ids if not (folder / image_id).is_file()]
     if absent and args.images:
         raise cli.UserError(f"--images {folder} lacks {absent[0]} ({len(absent)} of the {len(image_ids)} photos of "
                             "gt.csv): pass the eval set's images folder")
-    return None if absent else ImageDataset([folder / image_id for image_id in image_ids])
+    return None if absent else ImageDataset([folder / image_id for image_id in image_ids], size=tuple(args.resize))
 
 
 def read_report_inputs(args, submission_path, image_ids):

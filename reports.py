@@ -30,6 +30,7 @@ from fileio import atomic_path, write_csv  # noqa: E402
 DPI = 100             # small PNGs: a report is looked at, not printed
 MISTAKES_SHOWN = 16   # tiles of the mistakes grid
 GRID_COLUMNS = 4
+TITLE_CHARACTERS = 34  # of a photo's path above its tile: the end, which names the person and the photo
 
 
 def save_figure(figure, path):
@@ -74,7 +75,7 @@ def draw_confusion_pair(axes, counts, names, title=""):
 
 def confusion_figure(true, predicted, names):
     """The classes' confusion matrix side by side as counts and normalised by true class."""
-    side = 2.5 + 0.42 * len(names)
+    side = 2.5 + 0.36 * len(names)
     figure, axes = plt.subplots(1, 2, figsize=(2 * side, side))
     draw_confusion_pair(axes, confusion_counts(true, predicted, len(names)), names)
     figure.tight_layout()
@@ -83,7 +84,7 @@ def confusion_figure(true, predicted, names):
 
 def task_confusion_figure(true, predicted):
     """One confusion matrix per task (counts above, normalised below) of 18-class labels."""
-    figure, axes = plt.subplots(2, len(TASK_CLASSES), figsize=(4.2 * len(TASK_CLASSES), 8.4))
+    figure, axes = plt.subplots(2, len(TASK_CLASSES), figsize=(3.8 * len(TASK_CLASSES), 7.6))
     for column, (task, true_task, predicted_task) in enumerate(zip(TASK_CLASSES, decode_label(np.asarray(true)),
                                                                   decode_label(np.asarray(predicted)))):
         counts = confusion_counts(true_task, predicted_task, TASK_CLASSES[task])
@@ -136,8 +137,9 @@ def mistakes_figure(mistakes, photos):
     for axis in axes.flat:
         axis.axis("off")
     for axis, photo, mistake in zip(axes.flat, photos, mistakes.itertuples()):
-        axis.imshow(np.asarray(photo).transpose(1, 2, 0))
-        axis.set_title(f"{mistake.path}\ntrue {mistake.true_name}\npredicted {mistake.predicted_name} "
+        axis.imshow(np.asarray(photo).transpose(1, 2, 0), interpolation="nearest")  # the pixels the model saw
+        path = mistake.path if len(mistake.path) <= TITLE_CHARACTERS else "..." + mistake.path[3 - TITLE_CHARACTERS:]
+        axis.set_title(f"{path}\ntrue {mistake.true_name}\npredicted {mistake.predicted_name} "
                        f"({mistake.confidence:.2f})", fontsize=7)
     figure.suptitle("most confident mistakes")
     figure.tight_layout()
@@ -178,7 +180,7 @@ def write_report(directory, true, predicted, task="all", probabilities=None, ima
 def curves_figure(summaries):
     """The curves of runs, `summaries` = {label: summary.csv frame}, overlaid by epoch: training and validation
     loss, validation macro F1, per-task F1 (one line style per task) and learning rate. Runs may differ in length."""
-    figure, axes = plt.subplots(1, 4, figsize=(20, 4.4))
+    figure, axes = plt.subplots(1, 4, figsize=(16, 3.8))
     colours = itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for (label, summary), colour in zip(summaries.items(), colours):
         epochs, style = summary["epoch"], {"color": colour, "marker": "o", "markersize": 3}
