@@ -17,15 +17,15 @@ import itertools
 import math
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_fscore_support
+
+from dataset import NUM_CLASSES, TASK_CLASSES, class_names, decode_label, task_class_names
+from fileio import atomic_path, write_csv
 
 matplotlib.use("Agg")  # files only: no display on servers, in loader workers or in tests
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import precision_recall_fscore_support  # noqa: E402
-
-from dataset import NUM_CLASSES, TASK_CLASSES, class_names, decode_label, task_class_names  # noqa: E402
-from fileio import atomic_path, write_csv  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402  (pyplot after the backend is chosen)
 
 DPI = 100             # small PNGs: a report is looked at, not printed
 MISTAKES_SHOWN = 16   # tiles of the mistakes grid
@@ -133,7 +133,7 @@ def mistakes_table(image_ids, true, predicted, probabilities, names):
 def mistakes_figure(mistakes, photos):
     """A grid of photos ((3, H, W) uint8) with each one's path, true and predicted class and confidence."""
     rows = max(1, math.ceil(len(photos) / GRID_COLUMNS))
-    figure, axes = plt.subplots(rows, GRID_COLUMNS, figsize=(2.6 * GRID_COLUMNS, 3.3 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, GRID_COLUMNS, figsize=(2.3 * GRID_COLUMNS, 3.0 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, photo, mistake in zip(axes.flat, photos, mistakes.itertuples()):
