@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   set up, generate the sample set, preprocess -> train -> inference -> evaluation (prints the F1)
 #   make test   set up and run the test suite
+#   make pictures   after make demo: docs/*.png, the demo run's pictures that README.md embeds
 # Both create .venv from requirements.txt on first use (torch from PyPI: a few minutes, ~6 GB).
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ DATA ?= data
 DEMO_RUN ?= model/demo
 DEMO_TRAINING ?= --model resnet18 --head multi --resize 128 96 --epochs 8 --batch_size 32 --lr 3e-3 --scheduler onecycle
 
-.PHONY: demo test setup clean
+.PHONY: demo test pictures setup clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +28,12 @@ demo: setup
 		$(BIN)/python train.py --name $(notdir $(DEMO_RUN)) $(DEMO_TRAINING)
 	SM_CHANNEL_EVAL=$(DATA)/eval SM_CHANNEL_MODEL=$(DEMO_RUN) SM_OUTPUT_DATA_DIR=output $(BIN)/python inference.py
 	SM_GROUND_TRUTH_DIR=$(DATA)/gt SM_OUTPUT_DATA_DIR=output $(BIN)/python evaluation.py
+
+pictures: setup
+	SM_GROUND_TRUTH_DIR=$(DATA)/gt SM_CHANNEL_EVAL=$(DATA)/eval SM_OUTPUT_DATA_DIR=output \
+		$(BIN)/python evaluation.py --report output/report --mistakes 4
+	mkdir -p docs
+	cp $(DEMO_RUN)/curves.png output/report/confusion_tasks.png output/report/mistakes.png docs/
 
 test: setup
 	$(BIN)/python -m pytest tests -q

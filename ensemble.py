@@ -5,6 +5,7 @@
     python ensemble.py out_a/probabilities.csv out_b model/exp3 --weights 2 1 1    # soft vote
     python ensemble.py out_a out_b out_c --method hard
     python ensemble.py val_a/probabilities.csv val_b/probabilities.csv --fold 0     # weights chosen on fold 0
+    python ensemble.py model/a/oof.csv model/b --weights 2 1 --fold all   # ... on out-of-fold predictions
 
 Each positional input is one voter: a probabilities.csv, a folder holding one (an output folder), or a run
 directory or parent of runs, predicted here (a parent's runs averaged, as inference.py does). `--mask`,
@@ -16,7 +17,10 @@ going to the class with the larger summed probability. Either way probabilities.
 Rows follow info.csv (`--data_dir`) when it exists, which it must when a run is predicted, else the first
 input's order; inputs that predict another set of ImageIDs are refused. With `--fold K` every input must
 predict fold K (inference.py and inference_tta.py write such files with `--fold K`), runs are predicted on
-it, and the macro F1 of the combination is printed.
+it, and the macro F1 of the combination is printed. With `--fold all` the inputs are out-of-fold predictions,
+the oof.csv of `train.py --fold all` runs (or those runs' folders): the vote covers every training image and
+is scored against the folds CSV's labels, so weights are chosen on all the training data, then applied to
+the same runs' eval-set probabilities.
 """
 from pathlib import Path
 
@@ -35,7 +39,7 @@ METHODS = ("soft", "hard")
 def get_args_parser():
     parser = cli.new_parser("Compose split-task runs or vote across predictions; write output.csv and "
                             "probabilities.csv.")
-    paths = add_common_flags(parser)
+    paths = add_common_flags(parser, fold_all=True)
     paths.add_argument("inputs", nargs="*", default=[], metavar="INPUT",
                        help="probabilities.csv files, folders holding one, run directories or parents of runs: "
                             "one voter each")
@@ -84,9 +88,15 @@ def check_voters(args):
     return torch.tensor(weights)
 
 
-def probability_file(source):
-    """The probabilities.csv an input names, or None when it names runs to predict."""
+def probability_file(source, fold=None):
+    """The probabilities.csv an input names (with --fold all: the oof.csv of a --fold all run), or None when it
+    names runs to predict."""
     path = Path(source)
+    if fold == "all":
+        if path.is_dir() and not (path / "oof.csv").is_file():
+            raise cli.UserError(f"{path} holds no oof.csv: --fold all combines the out-of-fold predictions of "
+                                "train.py --fold all runs")
+        return path / "oof.csv" if path.is_dir() else path
     if not path.is_dir():
         return path
     if not (path / "config.json").is_file() and (path / "probabilities.csv").is_file():
@@ -132,7 +142,10 @@ def main():
     args = get_args_parser().parse_args()
     weights = check_voters(args)
     device = torch.device(args.device)
-    files = [probability_file(source) for source in args.inputs]
+    if args.fold == "all" and args.mask:
+        raise cli.UserError("--fold all combines oof.csv files; --mask, --gender and --age runs cannot be predicted "
+                            "on the images they trained on")
+    files = [probability_file(source, args.fold) for source in args.inputs]
     info, paths, labels, reference_name = read_rows(args, predicts=None in files or bool(args.mask))
     reference = None if info is None else info["ImageID"].tolist()
     aligned = []

@@ -6,12 +6,18 @@ per-task F1), or a folder's predictions.csv against its true classes.
     python evaluation.py --submission other.csv --gt_dir data/gt
     python evaluation.py --truth data/mask/eval            # output/predictions.csv vs the class folders' names
     python evaluation.py --truth labels.csv --predictions out/predictions.csv   # labels.csv: path,class
+    python evaluation.py --report report                  # + pictures: confusion matrices, per class, mistakes
 
 Prints the organisers' JSON ({"accuracy": {...}, "f1": {...}}), then one line with the per-task F1.
 A submission whose ImageIDs do not match gt.csv one to one, or whose labels are not integers 0-17, is
 refused with a one-line error and exit code 2. With `--truth` (a folder of class folders, or a CSV of path and
 class), inference.py's predictions.csv (path, predicted) is scored instead: accuracy, macro F1 over the true
 classes, and a per-class table of precision, recall, F1 and support; its paths must match the truth's one to one.
+
+`--report DIR` also writes reports.py's pictures: the confusion matrices (18 classes and per task), the
+per-class scores and, from the probabilities.csv beside the submission (the confidence of each answer),
+mistakes.csv, every wrong answer most confident first, and mistakes.png, the most confident ones among the
+eval photos (`--images`). Without probabilities.csv, or without the photos, that part is skipped and said so.
 """
 import json
 from pathlib import Path
@@ -21,7 +27,8 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 import cli
-from dataset import COMPETITION, IMAGE_EXTENSIONS, NUM_CLASSES
+import reports
+from dataset import COMPETITION, IMAGE_EXTENSIONS, NUM_CLASSES, ImageDataset, folder_scheme
 from fileio import read_csv
 
 
@@ -38,6 +45,17 @@ def get_args_parser():
                  help="true classes: a folder of class folders, or a CSV with the columns path and class")
     cli.add_flag(folders, "predictions", default=None,
                  help="inference.py's predictions.csv (default: output_dir/predictions.csv)")
+    report = parser.add_argument_group("report (pictures of the predictions)")
+    cli.add_flag(report, "report", default=None, metavar="DIR",
+                 help="write confusion matrices, per-class scores and the most confident mistakes into DIR")
+    cli.add_flag(report, "probabilities", default=None,
+                 help="the submission's probabilities, for the mistakes (default: probabilities.csv beside it)")
+    cli.add_flag(report, "images", default=None,
+                 help="the photos gt.csv names, for the mistakes grid (default: images/ of $SM_CHANNEL_EVAL, "
+                      "else data/eval/images)")
+    cli.add_flag(report, "mistakes", type=int, default=16, help="photos in the mistakes grid")
+    cli.add_flag(report, "resize", type=int, nargs=2, default=[128, 96], metavar=("H", "W"),
+                 help="the grid's photos at this size: the model's --resize, as it saw them")
     return parser
 
 
@@ -99,6 +117,55 @@ def align(ground_truth, submission):
     return submission.set_index("ImageID").loc[ground_truth["ImageID"], "ans"].to_numpy()
 
 
+def read_report_probabilities(args, submission_path, image_ids):
+    """The probabilities of the submission in gt order (--probabilities, or probabilities.csv beside it); None
+    when the default file is absent."""
+    path = Path(args.probabilities or Path(submission_path).parent / "probabilities.csv")
+    if args.probabilities is None and not path.is_file():
+        return None
+    from inference import read_probabilities  # inference imports this module: imported when a report needs it
+    ids, probabilities = read_probabilities(path)
+    row_of = {image_id: row for row, image_id in enumerate(ids)}
+    missing = [image_id for image_id in image_ids if image_id not in row_of]
+    if missing:
+        raise cli.UserError(f"{path} has no row for {missing[0]} of gt.csv ({len(missing)} missing): pass the "
+                            "probabilities.csv written with the submission (--probabilities)")
+    if probabilities.shape[1] != NUM_CLASSES:
+        raise cli.UserError(f"{path} holds {probabilities.shape[1]} classes, not {NUM_CLASSES}")
+    return probabilities.numpy()[[row_of[image_id] for image_id in image_ids]]
+
+
+def report_photos(args, image_ids):
+    """The dataset of the photos gt.csv names (--images) at --resize, or None when the default folder lacks them."""
+    folder = Path(args.images or Path(cli.env_default("SM_CHANNEL_EVAL", "data/eval")) / "images")
+    absent = [image_id for image_id in image_ids if not (folder / image_id).is_file()]
+    if absent and args.images:
+        raise cli.UserError(f"--images {folder} lacks {absent[0]} ({len(absent)} of the {len(image_ids)} photos of "
+                            "gt.csv): pass the eval set's images folder")
+    return None if absent else ImageDataset([folder / image_id for image_id in image_ids], size=tuple(args.resize))
+
+
+def read_report_inputs(args, submission_path, image_ids):
+    """(probabilities or None, photos or None) for --report, every input checked before anything is written."""
+    if Path(args.report).exists() and not Path(args.report).is_dir():
+        raise cli.UserError(f"--report {args.report} is a file: pass a folder for the pictures")
+    if args.mistakes < 1:
+        raise cli.UserError(f"--mistakes {args.mistakes}: show at least 1 photo")
+    probabilities = read_report_probabilities(args, submission_path, image_ids)
+    return probabilities, None if probabilities is None else report_photos(args, image_ids)
+
+
+def write_report(directory, ground_truth, predicted, probabilities, photos, shown):
+    """reports.py's pictures of the submission into `directory`; says which part lacked its input."""
+    written = reports.write_report(Path(directory), ground_truth["ans"].to_numpy(), predicted, COMPETITION,
+                                   probabilities,
+                                   ground_truth["ImageID"].tolist(), None if photos is None else photos.load, shown)
+    skipped = ("; mistakes.csv and mistakes.png skipped: no probabilities.csv beside the submission "
+               "(--probabilities)" if probabilities is None
+               else "; mistakes.png skipped: no eval photos (--images)" if photos is None else "")
+    print(f"report in {directory}: {', '.join(written)}{skipped}")
+
+
 def organisers_json(metrics):
     """The organisers' result shape: percentages as strings, with their ranking flags."""
     return json.dumps({
@@ -148,8 +215,9 @@ def class_table(true_classes, predicted_classes):
     return table, {"accuracy": float(accuracy_score(true_classes, predicted_classes)), "f1": float(f1.mean())}
 
 
-def score_folder(truth_source, predictions_path):
-    """Prints accuracy, macro F1 and the per-class table of a folder's predictions; returns the metrics."""
+def score_folder(truth_source, predictions_path, args):
+    """Prints accuracy, macro F1 and the per-class table of a folder's predictions (and with --report writes their
+    pictures: the photos of a truth folder at --resize); returns the metrics."""
     truth = read_truth(truth_source)
     predictions = read_predictions(predictions_path).set_index("path")
     missing = truth["path"][~truth["path"].isin(predictions.index)]
@@ -161,20 +229,43 @@ def score_folder(truth_source, predictions_path):
     table, metrics = class_table(truth["class"].to_numpy(), predictions.loc[truth["path"], "predicted"].to_numpy())
     print(f"accuracy {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f} over {len(truth)} photos")
     print(table.to_string(index=False, float_format="%.4f"))
+    if args.report:
+        write_folder_report(args, truth, predictions.loc[truth["path"]], truth_source)
     return metrics
+
+
+def write_folder_report(args, truth, predictions, truth_source):
+    """reports.py's pictures of a folder's predictions: the scheme of the true classes, the confidences of
+    predictions.csv's prob_<class> columns, the photos of the truth folder."""
+    scheme = folder_scheme(truth["class"].unique())
+    label = {name: number for number, name in enumerate(scheme.classes)}
+    unknown = set(predictions["predicted"]) - set(label)
+    if unknown:
+        raise cli.UserError(f"--report: the predictions name {sorted(unknown)[0]}, which no true class folder is")
+    columns = [f"prob_{name}" for name in scheme.classes]
+    probabilities = predictions[columns].to_numpy(dtype=float) if set(columns) <= set(predictions.columns) else None
+    photos = (ImageDataset([Path(truth_source) / path for path in truth["path"]], size=tuple(args.resize))
+              if Path(truth_source).is_dir() else None)
+    written = reports.write_report(Path(args.report), truth["class"].map(label).to_numpy(),
+                                   predictions["predicted"].map(label).to_numpy(), scheme, probabilities,
+                                   truth["path"].tolist(), None if photos is None else photos.load, args.mistakes)
+    print(f"report in {args.report}: {', '.join(written)}")
 
 
 def main():
     args = get_args_parser().parse_args()
     if args.truth:
-        score_folder(args.truth, args.predictions or Path(args.output_dir) / "predictions.csv")
+        score_folder(args.truth, args.predictions or Path(args.output_dir) / "predictions.csv", args)
         return
     ground_truth = read_labels(Path(args.gt_dir) / "gt.csv", "ground truth")
     submission_path = args.submission or Path(args.output_dir) / "output.csv"
     predicted = align(ground_truth, read_labels(submission_path, "submission"))
+    report_inputs = read_report_inputs(args, submission_path, ground_truth["ImageID"].tolist()) if args.report else ()
     metrics = score(ground_truth["ans"].to_numpy(), predicted)
     print(organisers_json(metrics))
     print(" ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+    if args.report:
+        write_report(args.report, ground_truth, predicted, *report_inputs, args.mistakes)
 
 
 if __name__ == "__main__":

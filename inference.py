@@ -47,8 +47,9 @@ from sorting import SORT_MODES, sort_photos
 PROBABILITY_PREFIX = "prob_"
 
 
-def add_common_flags(parser):
-    """The flags every inference variant shares; returns the paths group for the variant's model inputs."""
+def add_common_flags(parser, fold_all=False):
+    """The flags every inference variant shares; returns the paths group for the variant's model inputs.
+    `fold_all`: --fold also takes `all`, every training image (for out-of-fold predictions)."""
     paths = parser.add_argument_group("paths")
     cli.add_flag(paths, "data_dir", default=cli.env_default("SM_CHANNEL_EVAL", "data/eval"),
                  help="eval folder holding info.csv and images/ (env SM_CHANNEL_EVAL)")
@@ -69,12 +70,18 @@ def add_common_flags(parser):
     cli.add_flag(runtime, "cache_dir", default=None,
                  help="where --cache disk keeps them (default: .cache beside the images folder)")
     held_out = parser.add_argument_group("held-out check (instead of the eval set)")
-    cli.add_flag(held_out, "fold", type=int, default=None,
-                 help="predict this validation fold of the folds CSV and print its macro F1")
+    cli.add_flag(held_out, "fold", type=fold_or_all if fold_all else int, default=None,
+                 help="predict this validation fold of the folds CSV and print its macro F1"
+                      + ("; all: every training image, from train.py --fold all's oof.csv" if fold_all else ""))
     cli.add_flag(held_out, "train_dir", default=cli.env_default("SM_CHANNEL_TRAIN", "data/train/images"),
                  help="folder of person folders (env SM_CHANNEL_TRAIN)")
     cli.add_flag(held_out, "csv", default=None, help="folds CSV (default: folds.csv beside train_dir)")
     return paths
+
+
+def fold_or_all(text):
+    """--fold of ensemble.py: a fold number or `all`."""
+    return text if text == "all" else int(text)
 
 
 def get_args_parser(description="Predict the eval set and write output.csv and probabilities.csv."):
@@ -148,11 +155,11 @@ def read_eval_set(eval_dir):
 
 
 def read_held_out_fold(train_dir, csv, fold):
-    """(info, paths, labels) of a validation fold as an eval set: ImageID is the photo's path under train_dir,
-    labels are the true 18-class labels."""
+    """(info, paths, labels) of a validation fold (`all`: of every training image) as an eval set: ImageID is the
+    photo's path under train_dir, labels are the true 18-class labels."""
     train_dir = Path(train_dir)
     frame = read_folds(csv, train_dir, fold)
-    held_out = frame[frame["fold"] == fold]
+    held_out = frame if fold == "all" else frame[frame["fold"] == fold]
     info = pd.DataFrame({"ImageID": held_out["path"].to_numpy(), "ans": 0})
     return info, [train_dir / path for path in held_out["path"]], training_targets(held_out)
 

@@ -2,7 +2,7 @@
 
     export SM_CHANNEL_TRAIN=data/train/images
     python preprocess.py                          # writes data/train/folds.csv
-    python preprocess.py --data_dir data/mask/train --group_regex '^(\d+)_'      # a folder of class folders
+    python preprocess.py --data_dir data/mask/train --group_regex '^(\\d+)_'      # a folder of class folders
     python preprocess.py --kfold 5 --seed 42 --skip_bad --output data/train/folds.csv
     python preprocess.py --corrections corrections.csv    # fixes known label errors before the split
     python preprocess.py --faces off                      # no face detection (train.py --crop box or none)

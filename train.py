@@ -9,9 +9,11 @@ classes, or the classes of a folder of class folders.
 
 A run directory holds what reproduces it: config.json (every resolved argument, the label scheme included),
 best.pth (the best validation macro F1, or accuracy with --select accuracy), last.pth (the latest epoch),
-summary.csv (one row per epoch) and TensorBoard logs (`tensorboard --logdir model`). Each epoch trains with a
-progress bar, validates on the held-out fold and prints train loss, validation loss, macro F1 over the scheme's
-classes, accuracy and the competition's per-task F1, then each class's F1.
+summary.csv (one row per epoch) and TensorBoard logs (`tensorboard --logdir model`, with each epoch's
+confusion matrix), and what shows it: curves.png (redrawn every epoch) and report/, the best epoch's validation
+pictures (reports.py). Each epoch trains with a progress bar, validates on the held-out fold and prints train
+loss, validation loss, macro F1 over the scheme's classes, accuracy and the competition's per-task F1, then each
+class's F1.
 """
 import argparse
 import copy
@@ -33,6 +35,7 @@ from tqdm import tqdm
 
 import cli
 import distributed
+import reports
 from augmentation import (AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_batch_jitter, create_transform,
                           decode_size)
 from dataset import (CACHE_MODES, OLD_AGE, SAMPLERS, ImageDataset, LabelScheme, SeededSampler, create_sampler,
@@ -323,6 +326,21 @@ def log_epoch(run_dir, writer, history, row):
                                          if "/" in name), flush=True)
 
 
+def draw_epoch(run_dir, writer, history, targets, probabilities, scheme):
+    """curves.png redrawn from the whole history, and the epoch's confusion matrix in TensorBoard."""
+    reports.save_figure(reports.curves_figure({run_dir.name: pd.DataFrame(history)}), run_dir / "curves.png")
+    figure = reports.confusion_figure(targets, probabilities.argmax(dim=1).numpy(), scheme.classes)
+    writer.add_figure("confusion", figure, history[-1]["epoch"])
+
+
+def write_validation_report(report_dir, valid_set, image_ids, best, scheme):
+    """The pictures of the best epoch's validation predictions, photos as the validation loader gave them."""
+    probabilities = best["valid_probabilities"].numpy()
+    reports.write_report(report_dir, valid_set.targets, probabilities.argmax(axis=1), scheme, probabilities,
+                         image_ids, valid_set.load)
+    print(f"pictures of epoch {best['epoch']}'s validation in {report_dir}")
+
+
 def seed_epoch(seed, epoch, loader, mixer, jitter=None, rank=0):
     """Derives every random draw of an epoch (order, sampler, augmentation, jitter, mixing) from (seed, epoch)
     alone, so a run resumed at an epoch boundary continues exactly as the uninterrupted run. Under torchrun the
@@ -465,24 +483,33 @@ def train_fold(args, frame, run_dir, fold, resume=False):
         if distributed.is_main():  # rank 0 alone writes checkpoints and logs
             save_epoch(run_dir, args, training, progress, metrics, probabilities, improved)
             log_epoch(run_dir, writer, progress["history"], row)  # after last.pth: the logs show no lost epoch
+            draw_epoch(run_dir, writer, progress["history"], training.valid_loader.dataset.targets, probabilities,
+                       run_scheme(vars(args)))
     if writer is not None:
         writer.close()
     print(f"best {SELECT[args.select]} {progress['best_score']:.4f}; checkpoints in {run_dir}")
     distributed.barrier()  # rank 0 has written best.pth
-    return load_checkpoint(run_dir / "best.pth")["valid_probabilities"]
+    best = load_checkpoint(run_dir / "best.pth")
+    if distributed.is_main():
+        write_validation_report(run_dir / "report", training.valid_loader.dataset,
+                                frame[frame["fold"] == fold]["path"].tolist(), best, run_scheme(vars(args)))
+    return best["valid_probabilities"]
 
 
 def train_all_folds(args, frame, run_dir, resume=False):
     """One run per fold in run_dir/fold0, fold1, ...; then every image's prediction by the model that did not
-    train on it in run_dir/oof.csv, and their metrics over the whole training set in run_dir/oof_metrics.json."""
+    train on it in run_dir/oof.csv, and their metrics over the whole training set in run_dir/oof_metrics.json.
+    oof.csv starts as probabilities.csv does (ImageID: the path under data_dir, as `inference.py --fold K` names it;
+    prob_0, prob_1, ...), so ensemble.py reads it; fold, label and predicted follow."""
     parts = []
     for fold in sorted(set(frame["fold"])):
         probabilities = train_fold(args, frame, run_dir / f"fold{fold}", fold, resume)
         held_out = frame[frame["fold"] == fold]  # validation rows, in the validation loader's order
         parts.append(pd.DataFrame({
-            "path": held_out["path"].to_numpy(), "fold": fold, "label": training_targets(held_out, args.task),
-            "predicted": probabilities.argmax(dim=1).numpy(),
-            **{f"prob_{k}": probabilities[:, k].numpy() for k in range(probabilities.shape[1])}}))
+            "ImageID": held_out["path"].to_numpy(),
+            **{f"prob_{k}": probabilities[:, k].numpy() for k in range(probabilities.shape[1])},
+            "fold": fold, "label": training_targets(held_out, args.task),
+            "predicted": probabilities.argmax(dim=1).numpy()}))
     oof = pd.concat(parts, ignore_index=True)
     if not distributed.is_main():
         return  # rank 0 alone writes the out-of-fold files

@@ -279,15 +279,15 @@ def test_fold_all_predicts_every_training_image_once_by_the_model_that_did_not_t
              *TINY)
     run, folds = tmp_path / "exp", pd.read_csv(folds_csv, dtype={"id": str})
     oof = pd.read_csv(run / "oof.csv")
-    assert sorted(oof["path"]) == sorted(folds["path"])  # one prediction per training image
-    assert (oof.set_index("path").loc[folds["path"], "fold"].to_numpy() == folds["fold"].to_numpy()).all()
+    assert sorted(oof["ImageID"]) == sorted(folds["path"])  # one prediction per training image
+    assert (oof.set_index("ImageID").loc[folds["path"], "fold"].to_numpy() == folds["fold"].to_numpy()).all()
     for fold in (0, 1):
         fold_run = run / f"fold{fold}"
         config = json.loads((fold_run / "config.json").read_text())
         assert config["fold"] == fold and {"best.pth", "last.pth", "summary.csv"} <= {p.name for p in fold_run.iterdir()}
         trained_on = set(train.training_frame(folds, fold)["path"])
         predicted = oof[oof["fold"] == fold]
-        assert not trained_on & set(predicted["path"])
+        assert not trained_on & set(predicted["ImageID"])
         # the probabilities are this fold model's own
         model = create_model(config, initial_weights=False)
         model.load_state_dict(load_checkpoint(fold_run / "best.pth")["model"])
