@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from cli import UserError
+from cli import UserError, inside
 from fileio import atomic_path, read_csv, write_json
 
 
@@ -149,7 +149,7 @@ def load_folds(csv_path, data_dir, fold):
     missing = [column for column in FOLDS_COLUMNS if column not in frame.columns]
     if missing:
         raise UserError(f"{csv_path} is not a folds CSV (no {', '.join(missing)}): run preprocess.py")
-    absent = [path for path in frame["path"] if not (data_dir / path).is_file()]
+    absent = [path for path in frame["path"] if not inside(data_dir, path, str(csv_path)).is_file()]
     if absent:
         raise UserError(f"{len(absent)} of {len(frame)} images in {csv_path} are not under {data_dir} "
                             f"(first: {absent[0]}): rerun preprocess.py for this data directory")

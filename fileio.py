@@ -8,13 +8,14 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from cli import UserError
+from cli import UserError, first_line
 
 
 @contextlib.contextmanager
@@ -30,6 +31,17 @@ def atomic_path(path):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def remove_unfinished_runs(run_dir):
+    """Removes the run directories in run_dir (itself, or its fold runs) that hold no checkpoint, then run_dir if
+    nothing is left in it: a run that failed before its first epoch ended leaves nothing behind."""
+    run_dir = Path(run_dir)
+    for config in sorted(run_dir.glob("**/config.json")):
+        if not any(config.parent.glob("*.pth")):
+            shutil.rmtree(config.parent)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def read_csv(path, name=None, **options):
@@ -56,16 +68,39 @@ def save_checkpoint(state, path):
         torch.save(state, temporary)
 
 
-def load_checkpoint(path):
-    """Loads a checkpoint written by train.py; anything that is not plain tensors and values is refused."""
+def load_checkpoint(path, keys=("model",)):
+    """Loads a checkpoint written by train.py, a dict holding `keys`; anything that is not plain tensors and values
+    is refused, and so is a file that is not such a dict (empty, truncated, another program's)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}: train a model first or point at a run directory")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if "Unsupported global" not in str(error):  # not a pickle at all, rather than one with unsafe objects
+            raise UserError(f"cannot read checkpoint {path}: it is not a file torch.save wrote") from None
         raise UserError(f"refusing {path}: it needs arbitrary Python objects to load, which is unsafe "
-                        f"({first_line})") from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise UserError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+                        f"({first_line(error)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise UserError(f"cannot read checkpoint {path}: {first_line(error)}") from None
+    missing = [key for key in keys if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise UserError(f"{path} is not a checkpoint of train.py: it lacks the key {missing[0]!r}")
+    return state
+
+
+def read_json(path, checks=None):
+    """The JSON object in `path`; each key of `checks` must be present and pass its check, a (predicate, what the
+    value should be) pair. One line naming the file and the key otherwise."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read {path}: {first_line(error)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object of keys and values")
+    for key, (valid, expected) in (checks or {}).items():
+        if key not in data:
+            raise UserError(f"{path} lacks the key {key!r}")
+        if not valid(data[key]):
+            raise UserError(f"{path}: {key} is {data[key]!r}, not {expected}")
+    return data

@@ -16,7 +16,6 @@ are chosen on validation rather than on the leaderboard. Each photo is decoded o
 a cache beside the images (`--cache disk`, as train.py does; runs of the same size share it, and so do later
 calls). inference_tta.py and ensemble.py share these flags and functions.
 """
-import json
 import os
 from pathlib import Path
 
@@ -29,10 +28,16 @@ import cli
 from augmentation import create_transform
 from dataset import CACHE_MODES, ImageDataset, load_folds, loader_options, open_cache, training_targets
 from evaluation import score
-from fileio import load_checkpoint, read_csv, write_csv
-from model import AMP_DTYPES, check_amp, create_model, load_weights, place_model, predict
+from fileio import load_checkpoint, read_csv, read_json, write_csv
+from model import AMP_DTYPES, HEADS, check_amp, create_model, load_weights, place_model, predict
 
 PROBABILITY_PREFIX = "prob_"
+RUN_CONFIG_CHECKS = {  # what rebuilding a run's model needs from its config.json
+    "model": (lambda value: isinstance(value, str) and value != "", "a model name"),
+    "head": (lambda value: value in HEADS, f"one of {', '.join(HEADS)}"),
+    "resize": (lambda value: isinstance(value, list) and len(value) == 2
+               and all(type(side) is int and side > 0 for side in value), "two positive integers"),
+}
 
 
 def add_common_flags(parser):
@@ -44,10 +49,11 @@ def add_common_flags(parser):
                  help="where output.csv and probabilities.csv go (env SM_OUTPUT_DATA_DIR)")
     cli.add_flag(paths, "checkpoint", default="best", choices=("best", "last"), help="which checkpoint of each run")
     runtime = parser.add_argument_group("runtime")
-    cli.add_flag(runtime, "batch_size", type=int, default=256, help="images per batch")
-    cli.add_flag(runtime, "workers", type=int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
+    cli.add_flag(runtime, "batch_size", type=cli.positive_int, default=256, help="images per batch")
+    cli.add_flag(runtime, "workers", type=cli.non_negative_int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
                  help="loader worker processes")
-    cli.add_flag(runtime, "device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    cli.add_flag(runtime, "device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
+                 help="torch device")
     cli.add_flag(runtime, "amp", default="off", choices=list(AMP_DTYPES),
                  help="mixed precision: bf16 (GPU or CPU), fp16 (GPU), off")
     cli.add_flag(runtime, "channels_last", action="store_true", help="model and batches in channels-last format")
@@ -57,7 +63,7 @@ def add_common_flags(parser):
     cli.add_flag(runtime, "cache_dir", default=None,
                  help="where --cache disk keeps them (default: .cache beside the images folder)")
     held_out = parser.add_argument_group("held-out check (instead of the eval set)")
-    cli.add_flag(held_out, "fold", type=int, default=None,
+    cli.add_flag(held_out, "fold", type=cli.non_negative_int, default=None,
                  help="predict this validation fold of the folds CSV and print its macro F1")
     cli.add_flag(held_out, "train_dir", default=cli.env_default("SM_CHANNEL_TRAIN", "data/train/images"),
                  help="folder of person folders (env SM_CHANNEL_TRAIN)")
@@ -74,13 +80,20 @@ def get_args_parser(description="Predict the eval set and write output.csv and p
 
 
 def find_runs(paths):
-    """Run directories (holding config.json) among paths, expanding a parent into its runs."""
+    """Run directories (holding config.json) among paths, expanding a parent into its runs; a parent's run without
+    a checkpoint (one that stopped before its first epoch ended) is skipped with a word."""
     runs = []
     for path in map(Path, paths):
         if (path / "config.json").is_file():
             runs.append(path)
         elif path.is_dir() and (children := sorted(p.parent for p in path.glob("*/config.json"))):
-            runs.extend(children)
+            for child in children:
+                if any(child.glob("*.pth")):
+                    runs.append(child)
+                else:
+                    print(f"skipping {child}: no checkpoint (the run stopped before its first epoch ended)")
+            if not runs:
+                raise cli.UserError(f"no run under {path} has a checkpoint: train one first")
         else:
             raise cli.UserError(f"{path} is not a run directory (no config.json): pass the folder train.py made")
     return runs
@@ -91,7 +104,7 @@ def load_run(run_dir, device, checkpoint="best", task="all", fold=None):
 
     Refuses a run trained for another task than `task`, and, when scoring fold `fold`, a run that trained on it.
     """
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_json(run_dir / "config.json", RUN_CONFIG_CHECKS)
     run_task = config.get("task", "all")
     if run_task != task and task == "all":
         raise cli.UserError(f"{run_dir} predicts the {run_task} task alone: compose mask, gender and age runs "
@@ -116,16 +129,21 @@ def read_info(eval_dir):
     info = read_csv(info_path, dtype={"ImageID": str})
     if "ImageID" not in info.columns:
         raise cli.UserError(f"{info_path} lacks the ImageID column")
+    if info.empty:
+        raise cli.UserError(f"{info_path} lists no image")
+    if (unnamed := info["ImageID"].isna() | (info["ImageID"].str.strip() == "")).any():
+        raise cli.UserError(f"{info_path}: row {int(unnamed.argmax()) + 2} has no ImageID")
     return info
 
 
 def read_eval_set(eval_dir):
     """info.csv of the eval folder and its image paths, checked: every image exists."""
     info, info_path, image_dir = read_info(eval_dir), Path(eval_dir) / "info.csv", Path(eval_dir) / "images"
-    absent = [image_id for image_id in info["ImageID"] if not (image_dir / image_id).is_file()]
+    paths = [cli.inside(image_dir, image_id, str(info_path)) for image_id in info["ImageID"]]
+    absent = [image_id for image_id, path in zip(info["ImageID"], paths) if not path.is_file()]
     if absent:
         raise cli.UserError(f"{len(absent)} images named in {info_path} are not in {image_dir} (first: {absent[0]})")
-    return info, [image_dir / image_id for image_id in info["ImageID"]]
+    return info, paths
 
 
 def read_held_out_fold(train_dir, csv, fold):

@@ -152,6 +152,8 @@ def create_model(config, initial_weights=True):
 def load_weights(model, state_dict, source):
     """Loads a checkpoint's weights, naming the first mismatch in one line instead of a traceback."""
     own = model.state_dict()
+    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise UserError(f"{source} holds no weights: its model entry is not a table of tensors")
     missing = [key for key in own if key not in state_dict]
     unexpected = [key for key in state_dict if key not in own]
     if missing or unexpected:

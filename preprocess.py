@@ -46,8 +46,8 @@ def get_args_parser():
     cli.add_flag(data, "corrections", default=None, metavar="FILE",
                  help="CSV of label fixes (id, field, value; field gender, age or mask_swap) applied before the split")
     split = parser.add_argument_group("split")
-    cli.add_flag(split, "kfold", type=int, default=5, help="number of folds")
-    cli.add_flag(split, "seed", type=int, default=42, help="seed of the fold assignment")
+    cli.add_flag(split, "kfold", type=cli.int_at_least(2), default=5, help="number of folds")
+    cli.add_flag(split, "seed", type=cli.non_negative_int, default=42, help="seed of the fold assignment")
     return parser
 
 
