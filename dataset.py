@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import re
+import warnings
 from enum import IntEnum
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from cli import UserError, inside
+from cli import UserError, first_line, inside
 from fileio import atomic_path, read_csv, write_json
 
 
@@ -159,20 +160,40 @@ def load_folds(csv_path, data_dir, fold):
 
 
 def read_image(path):
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """The photo at `path` as an RGB PIL image, decoded as decode_image does."""
+    return Image.fromarray(decode_image(path))
+
+
+def to_rgb(photo):
+    """A PIL image of any mode as 8-bit RGB: 16- and 32-bit integer pixels scaled from 0-65535 and float pixels from
+    0-1 (PIL would clip them to white or black; values outside are refused), a palette's transparency dropped as
+    PIL asks (through RGBA), every other mode converted by PIL."""
+    if photo.mode.startswith("I") or photo.mode == "F":
+        pixels, full_scale = np.asarray(photo, dtype=np.float64), 1.0 if photo.mode == "F" else 65535.0
+        if not (np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= full_scale):
+            raise ValueError(f"its {photo.mode} pixels are outside 0-{full_scale:g}")
+        return Image.fromarray(np.round(pixels * (255 / full_scale)).astype(np.uint8)).convert("RGB")
+    if photo.mode == "P" and "transparency" in photo.info:
+        photo = photo.convert("RGBA")
+    return photo.convert("RGB")
 
 
 def decode_image(path, size=None):
-    """The photo at `path` as a uint8 (H, W, 3) array, resized to `size` = (height, width) unless None."""
+    """The photo at `path` as a uint8 (H, W, 3) array, resized to `size` = (height, width) unless None.
+
+    The one place photos are decoded: any failure of PIL on the file's bytes (truncation, a decompression bomb,
+    a malformed header, a mode it cannot convert) is the one-line error naming the photo."""
     try:
-        with Image.open(path) as photo:
-            if size is not None:
-                # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers `size`: several times faster.
-                photo.draft("RGB", (size[1], size[0]))
-            image = photo.convert("RGB")
-    except OSError as error:
-        raise UserError(f"cannot decode {path}: {error}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a likely bomb is refused, not decoded
+            with Image.open(path) as photo:
+                if size is not None:
+                    # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers `size`: several times
+                    # faster.
+                    photo.draft("RGB", (size[1], size[0]))
+                image = to_rgb(photo)
+    except Exception as error:  # noqa: BLE001 -- only PIL runs here, on bytes from outside: every failure is the file's
+        raise UserError(f"cannot decode {path}: {first_line(error)}") from None
     if size is not None and image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.array(image)

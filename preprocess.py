@@ -21,13 +21,12 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 import cli
 from dataset import (GENDER_BY_NAME, IMAGE_EXTENSIONS, MASK_BY_STEM, MAX_AGE, MIN_AGE, MaskLabel, age_band,
-                     encode_label, parse_person_folder)
+                     decode_image, encode_label, parse_person_folder)
 from fileio import read_csv, write_csv
 
 TRAIN_CSV_COLUMNS = ("id", "gender", "race", "age", "path")
@@ -56,13 +55,12 @@ def is_hidden(path):
 
 
 def photo_decodes(path):
-    """True when the whole photo decodes; draft mode decodes JPEGs at 1/8 scale, reading every byte."""
+    """True when the whole photo decodes as training will decode it; at the smallest size a JPEG decodes at 1/8
+    scale, still reading every byte."""
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (image.width // 8, image.height // 8))
-            image.load()
+        decode_image(path, (1, 1))
         return True
-    except (OSError, SyntaxError, ValueError):
+    except cli.UserError:
         return False
 
 
