@@ -59,7 +59,7 @@ def read_labels(path, role):
     path = Path(path)
     if not path.is_file():
         raise cli.UserError(f"{role} {path} does not exist")
-    frame = read_csv(path, f"{role} {path}", dtype={"ImageID": str})
+    frame = read_csv(path, f"{role} {path}", dtype={"ImageID": str, "ans": str})  # True is no label, not 1
     missing = [column for column in ("ImageID", "ans") if column not in frame.columns]
     if missing:
         raise cli.UserError(f"{role} {path} lacks the column(s) {', '.join(missing)}")

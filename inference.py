@@ -232,7 +232,11 @@ def write_probabilities(image_ids, probabilities, path):
 
 def write_submission(info, probabilities, output_dir, answers=None):
     """output.csv (info.csv with ans = `answers`, by default the most probable class) and probabilities.csv;
-    returns the answers."""
+    returns the answers. Probabilities that are not all finite (NaN weights, an overflow) are refused: their argmax
+    would be a submission of zeros."""
+    if not np.isfinite(np.asarray(probabilities)).all():
+        raise cli.UserError("the predicted probabilities are not all finite numbers (a checkpoint with NaN weights? "
+                            "an overflow under --amp fp16?): nothing written")
     answers = np.asarray(probabilities).argmax(axis=1) if answers is None else np.asarray(answers)
     write_probabilities(info["ImageID"], probabilities, Path(output_dir) / "probabilities.csv")
     write_csv(info.assign(ans=answers), Path(output_dir) / "output.csv")
