@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from cli import UserError, first_line, inside
-from fileio import atomic_path, read_csv, write_json
+from fileio import atomic_path, open_lock, read_csv, write_json
 
 
 class MaskLabel(IntEnum):
@@ -258,7 +258,7 @@ class DecodedCache:
     def build_unless_fresh(self):
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(self.file.with_suffix(".lock"), "w")
+            lock = open_lock(self.file.with_suffix(".lock"))  # a data folder's symlink there is refused, not followed
         except OSError as error:
             raise UserError(f"cannot write the decoded-image cache in {self.file.parent} ({error.strerror}): "
                             "pass a writable --cache_dir, or --cache ram") from None

@@ -1,15 +1,19 @@
 """Files that survive a kill: atomic writes of CSVs, JSON and checkpoints, and safe checkpoint loading.
 
 CSVs are read with a one-line error for a file that is not one. Everything the toolkit writes goes to a temporary file in the destination's directory and is moved into
-place with `os.replace`, so a run killed at any moment leaves either the old file or the new one.
+place with `os.replace`, so a run killed at any moment leaves either the old file or the new one. Neither step follows
+a symlink planted at the destination (the temporary is created exclusively, and a replace swaps the link itself), the
+file gets the mode the umask gives, and temporaries a killed write left behind are removed by the next write.
 Checkpoints are read with `torch.load(weights_only=True)`: a file that needs arbitrary pickles is refused.
 """
 import contextlib
+import glob
 import json
 import os
 import pickle
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,19 +22,64 @@ import torch
 from cli import UserError, first_line
 
 
+STARTED = time.time()  # a temporary older than this process is a killed write's, never one in progress here
+
+
+def umask_mode():
+    """0o666 less the umask: the mode open() gives a new file (mkstemp's is 0600, unreadable to a teammate)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def new_temporary(path):
+    """A new empty file beside `path`, named .NAME.*.tmp, with the umask's mode; first removes the temporaries of
+    `path` that a killed write left behind."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # another process may have removed it already
+            if stale.lstat().st_mtime < STARTED:
+                stale.unlink()
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(handle, umask_mode())
+    os.close(handle)
+    return temporary
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths):
+    """Yields a temporary path beside each of `paths`; on success moves them onto `paths` in order, on failure
+    removes them. With several paths the last one is removed before any is replaced: a kill between the moves leaves
+    it missing, never stale, so its presence says the set is complete. A path that cannot be written (a folder in
+    its place, no permission, a full disk) is the one-line error."""
+    paths, temporaries = [Path(path) for path in paths], []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporaries.append(new_temporary(path))
+        yield temporaries
+        if len(paths) > 1:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(paths[-1])
+        for temporary, path in zip(temporaries, paths):
+            os.replace(temporary, path)
+    except OSError as error:
+        raise UserError(f"cannot write {', '.join(map(str, paths))}: {first_line(error)}") from None
+    finally:
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path`; on success moves it onto `path`, on failure removes it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_paths(path) as (temporary,):
         yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+
+
+def open_lock(path):
+    """A lock file at `path`, opened for flock without following a symlink there and without truncating it."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, umask_mode()), "w")
 
 
 def remove_unfinished_runs(run_dir):
@@ -56,6 +105,13 @@ def read_csv(path, name=None, **options):
 def write_csv(frame, path):
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)
+
+
+def write_csvs(frames):
+    """Writes {path: frame} as one set (atomic_paths): the last path is there only when every file is new."""
+    with atomic_paths(*frames) as temporaries:
+        for frame, temporary in zip(frames.values(), temporaries):
+            frame.to_csv(temporary, index=False)
 
 
 def write_json(data, path):

@@ -28,7 +28,7 @@ import cli
 from augmentation import create_transform
 from dataset import CACHE_MODES, ImageDataset, load_folds, loader_options, open_cache, training_targets
 from evaluation import score
-from fileio import load_checkpoint, read_csv, read_json, write_csv
+from fileio import load_checkpoint, read_csv, read_json, write_csv, write_csvs
 from model import AMP_DTYPES, HEADS, check_amp, create_model, load_weights, place_model, predict
 
 PROBABILITY_PREFIX = "prob_"
@@ -223,23 +223,27 @@ def read_probabilities(path):
     return frame["ImageID"].tolist(), torch.tensor(values, dtype=torch.float32)
 
 
-def write_probabilities(image_ids, probabilities, path):
+def probabilities_frame(image_ids, probabilities):
     columns = [f"{PROBABILITY_PREFIX}{k}" for k in range(probabilities.shape[1])]
     frame = pd.DataFrame(np.asarray(probabilities), columns=columns)
     frame.insert(0, "ImageID", list(image_ids))
-    write_csv(frame, path)
+    return frame
+
+
+def write_probabilities(image_ids, probabilities, path):
+    write_csv(probabilities_frame(image_ids, probabilities), path)
 
 
 def write_submission(info, probabilities, output_dir, answers=None):
-    """output.csv (info.csv with ans = `answers`, by default the most probable class) and probabilities.csv;
-    returns the answers. Probabilities that are not all finite (NaN weights, an overflow) are refused: their argmax
+    """output.csv (info.csv with ans = `answers`, by default the most probable class) and probabilities.csv, written
+    as a pair: output.csv is there only when both are new. Returns the answers. Probabilities that are not all finite (NaN weights, an overflow) are refused: their argmax
     would be a submission of zeros."""
     if not np.isfinite(np.asarray(probabilities)).all():
         raise cli.UserError("the predicted probabilities are not all finite numbers (a checkpoint with NaN weights? "
                             "an overflow under --amp fp16?): nothing written")
     answers = np.asarray(probabilities).argmax(axis=1) if answers is None else np.asarray(answers)
-    write_probabilities(info["ImageID"], probabilities, Path(output_dir) / "probabilities.csv")
-    write_csv(info.assign(ans=answers), Path(output_dir) / "output.csv")
+    write_csvs({Path(output_dir) / "probabilities.csv": probabilities_frame(info["ImageID"], probabilities),
+                Path(output_dir) / "output.csv": info.assign(ans=answers)})
     print(f"wrote {Path(output_dir) / 'output.csv'} ({len(info)} rows) and probabilities.csv")
     return answers
 
