@@ -251,9 +251,12 @@ class DecodedCache:
                 "files": [[path, stat.st_size, stat.st_mtime_ns] for path, stat in zip(self.paths, stats)]}
 
     def is_fresh(self, manifest):
-        return (self.manifest_file.is_file() and self.file.is_file()
-                and self.file.stat().st_size == np.prod(self.shape)
-                and json.loads(self.manifest_file.read_text()) == manifest)
+        try:
+            return (self.manifest_file.is_file() and self.file.is_file()
+                    and self.file.stat().st_size == np.prod(self.shape)
+                    and json.loads(self.manifest_file.read_text()) == manifest)
+        except (OSError, ValueError):  # a manifest that does not read vouches for nothing: rebuild
+            return False
 
     def build_unless_fresh(self):
         try:
