@@ -120,9 +120,11 @@ def check_values(parser, values, source):
             raise UserError(f"{source}: {action.dest} is {value!r}, which is not what --{action.dest} takes")
         for item in items:
             try:
-                item = action.type(str(item)) if action.type else item
+                parsed = action.type(str(item)) if action.type else item
             except (argparse.ArgumentTypeError, ValueError) as error:
                 raise UserError(f"{source}: {action.dest}: {error}") from None
+            if parsed != item or type(item) is bool:  # "1e-3" for --lr is text, True for --epochs no number
+                raise UserError(f"{source}: {action.dest} is {item!r}, which is not what --{action.dest} takes")
             if action.choices is not None and item not in action.choices:
                 raise UserError(f"{source}: {action.dest} is {item!r}, not one of {', '.join(action.choices)}")
 

@@ -20,6 +20,7 @@ from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
@@ -60,6 +61,8 @@ PERSON_FOLDER = re.compile(r"^(?P<id>\d+)_(?P<gender>[^_]+)_(?P<race>[^_]+)_(?P<
 MIN_AGE, MAX_AGE = 1, 120  # anything outside is a typo in the folder name, not a person
 OLD_AGE = 60               # the competition's 60+ boundary
 FOLDS_COLUMNS = ("path", "id", "age", "mask_label", "gender_label", "label", "fold")  # what preprocess.py writes
+FOLDS_RANGES = {"age": (MIN_AGE, MAX_AGE), "mask_label": (0, len(MaskLabel) - 1),  # the integer columns' bounds
+                "gender_label": (0, len(GenderLabel) - 1), "label": (0, NUM_CLASSES - 1), "fold": (0, np.inf)}
 CACHE_MODES = ("off", "disk", "ram")
 CACHE_CHUNK = 64  # photos per task of the pool that builds a cache: amortises the pickling, keeps the bar moving
 
@@ -146,10 +149,16 @@ def load_folds(csv_path, data_dir, fold):
     """The folds CSV, checked against data_dir and the requested fold."""
     if not csv_path.is_file():
         raise UserError(f"{csv_path} does not exist: run preprocess.py first or pass --csv")
-    frame = read_csv(csv_path, dtype={"id": str})
+    frame = read_csv(csv_path, dtype=str)  # as text: True, 1.5 or an empty cell is no label, not 1, 1 or NaN
     missing = [column for column in FOLDS_COLUMNS if column not in frame.columns]
-    if missing:
-        raise UserError(f"{csv_path} is not a folds CSV (no {', '.join(missing)}): run preprocess.py")
+    if missing or frame.empty:
+        raise UserError(f"{csv_path} is not a folds CSV (no {', '.join(missing) or 'rows'}): run preprocess.py")
+    for column, (low, high) in FOLDS_RANGES.items():
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if (bad := values.isna() | (values % 1 != 0) | (values < low) | (values > high)).any():
+            raise UserError(f"{csv_path}: row {int(bad.argmax()) + 2} has {column} {frame[column][bad].iloc[0]!r}, "
+                            f"not an integer in [{low}, {high}]: run preprocess.py")
+        frame[column] = values.astype(np.int64)
     absent = [path for path in frame["path"] if not inside(data_dir, path, str(csv_path)).is_file()]
     if absent:
         raise UserError(f"{len(absent)} of {len(frame)} images in {csv_path} are not under {data_dir} "
