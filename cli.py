@@ -108,11 +108,16 @@ def inside(folder, relative, what):
 
 
 def check_values(parser, values, source):
-    """Checks saved flag values (a run's config.json) as the command line's are: each value of a flag with a type or
-    choices through them, one item per nargs. One line naming `source` and the key otherwise."""
+    """Checks saved flag values (a run's config.json) as the command line's are: a switch's is true or false, any
+    other's items (one per nargs) must be what the flag's type and choices make of their text. One line naming
+    `source` and the key otherwise."""
     for action in parser._actions:
         value = values.get(action.dest)
-        if value is None or (action.type is None and action.choices is None):
+        if value is None:
+            continue
+        if action.nargs == 0:
+            if type(value) is not bool:
+                raise UserError(f"{source}: {action.dest} is {value!r}, not true or false")
             continue
         items = value if isinstance(value, list) else [value]
         if isinstance(value, list) != (action.nargs is not None) or (isinstance(action.nargs, int)
@@ -120,10 +125,10 @@ def check_values(parser, values, source):
             raise UserError(f"{source}: {action.dest} is {value!r}, which is not what --{action.dest} takes")
         for item in items:
             try:
-                parsed = action.type(str(item)) if action.type else item
+                parsed = (action.type or str)(str(item))
             except (argparse.ArgumentTypeError, ValueError) as error:
                 raise UserError(f"{source}: {action.dest}: {error}") from None
-            if parsed != item or type(item) is bool:  # "1e-3" for --lr is text, True for --epochs no number
+            if parsed != item:  # "1e-3" for --lr is text, not a number; 3.5 for --epochs is no integer
                 raise UserError(f"{source}: {action.dest} is {item!r}, which is not what --{action.dest} takes")
             if action.choices is not None and item not in action.choices:
                 raise UserError(f"{source}: {action.dest} is {item!r}, not one of {', '.join(action.choices)}")

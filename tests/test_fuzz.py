@@ -115,12 +115,19 @@ def eval_dir(sample_data, tmp_path_factory):
     return root / "eval"
 
 
+IMAGE_IDS = st.one_of(CELLS, st.sampled_from(["REAL", "REAL", "images/../REAL", "../../secret.jpg", "../eval/images/REAL",
+                                               "SECRET", "./REAL", "REAL/"]))
+
+
 @IN_PROCESS
-@given(text=st.one_of(table(["ImageID", "ans"]), st.text(max_size=40)), real=st.booleans())
-def test_info_csv_gives_images_inside_the_folder_or_one_line(eval_dir, text, real):
-    if real:  # a valid row or two among the generated ones
-        names = sorted(path.name for path in (eval_dir / "images").iterdir())[:2]
-        text = "ImageID,ans\n" + "".join(f"{name},0\n" for name in names) + text.partition("\n")[2]
+@given(text=st.one_of(table(["ImageID", "ans"]), st.text(max_size=40)),
+       image_ids=st.lists(IMAGE_IDS, min_size=1, max_size=3), well_formed=st.booleans())
+def test_info_csv_gives_images_inside_the_folder_or_one_line(eval_dir, text, image_ids, well_formed):
+    if well_formed:  # the header and ImageIDs real, absent, or out of the folder in every spelling
+        real = next((eval_dir / "images").iterdir()).name
+        secret = (eval_dir.parent / "secret.jpg").resolve()
+        text = "ImageID,ans\n" + "".join(f"{image_id.replace('SECRET', str(secret)).replace('REAL', real)},0\n"
+                                         for image_id in image_ids)
     (eval_dir / "info.csv").write_text(text)
     result, error = parsed_or_one_line(lambda: read_eval_set(eval_dir))
     if error is None:
@@ -130,19 +137,24 @@ def test_info_csv_gives_images_inside_the_folder_or_one_line(eval_dir, text, rea
         assert all(path.is_file() and path.is_relative_to(images) for path in paths)
 
 
+SMALL_INTEGERS = st.integers(-1, 20).map(str)
+
+
 @IN_PROCESS
-@given(rows=st.lists(st.tuples(st.sampled_from(["ok", "../x", "/etc/passwd", "", "nan"]),
-                               *[CELLS] * (len(FOLDS_COLUMNS) - 1)), max_size=4),
-       fold=st.integers(-1, 3))
-def test_a_folds_csv_gives_valid_labels_inside_the_folder_or_one_line(sample_data, tmp_path_factory, rows, fold):
+@given(rows=st.lists(st.tuples(st.sampled_from(["ok", "ok", "../folds.csv", "/etc/passwd", "", "nan"]),
+                               *[st.one_of(SMALL_INTEGERS, SMALL_INTEGERS, CELLS)] * (len(FOLDS_COLUMNS) - 1)),
+                     min_size=1, max_size=3))
+def test_a_folds_csv_gives_valid_labels_inside_the_folder_or_one_line(sample_data, tmp_path_factory, rows):
     data_dir = sample_data / "train/images"
     real = pd.read_csv(sample_data / "train/folds.csv")["path"].iloc[0]
     csv = tmp_path_factory.mktemp("folds") / "folds.csv"
     csv.write_text(csv_text(FOLDS_COLUMNS, [(real if path == "ok" else path, *cells) for path, *cells in rows]))
+    fold = int(rows[0][-1]) if rows[0][-1].lstrip("-").isdigit() else 0  # the fold the first row names
     frame, error = parsed_or_one_line(lambda: load_folds(csv, data_dir, fold))
     if error is None:
-        assert len(frame) > 0 and fold in set(frame["fold"])
-        assert frame["label"].between(0, NUM_CLASSES - 1).all() and frame["mask_label"].between(0, 2).all()
+        assert len(frame) > 0 and fold in set(frame["fold"]) and (frame["fold"] >= 0).all()
+        assert frame["age"].between(1, 120).all() and frame["label"].between(0, NUM_CLASSES - 1).all()
+        assert frame["mask_label"].between(0, 2).all() and frame["gender_label"].between(0, 1).all()
         assert all((data_dir / path).resolve().is_relative_to(data_dir.resolve()) for path in frame["path"])
 
 
@@ -169,27 +181,43 @@ def test_a_probabilities_file_gives_distributions_or_one_line(tmp_path_factory, 
         assert np.allclose(probabilities.sum(dim=1), 1, atol=1e-3)
 
 
-JSON_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(), st.text(max_size=6),
-                                     st.sampled_from(["single", "multi", "test_resnet", "cuda:7", "nan"])),
-                           lambda inner: st.lists(inner, max_size=3), max_leaves=6)
-CONFIG_KEYS = ["model", "head", "resize", "lr", "batch_size", "epochs", "device", "task", "smoothing", "fold"]
+JSON_VALUES = st.one_of(  # values a saved config may hold for any key, the plausible ones often
+    st.sampled_from([None, True, 3, 0.5, "3", "0.5", "single", "multi", "test_resnet", "cpu", "cuda:7", [64, 48],
+                     [0, 1], [64.0, 48], math.nan, math.inf]),
+    st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(), st.text(max_size=6)),
+                 lambda inner: st.lists(inner, max_size=3), max_leaves=6))
+CONFIG_KEYS = ["model", "head", "resize", "lr", "batch_size", "epochs", "device", "task", "smoothing", "fold",
+               "pretrained", "name", "task_weights"]
 
 
 @IN_PROCESS
 @given(config=st.one_of(st.dictionaries(st.sampled_from(CONFIG_KEYS), JSON_VALUES), JSON_VALUES),
        raw=st.one_of(st.none(), st.text(max_size=20)))
-def test_a_config_is_accepted_only_when_valid_or_refused_in_one_line(tmp_path_factory, config, raw):
+def test_a_run_config_has_what_rebuilding_the_model_needs_or_is_refused_in_one_line(tmp_path_factory, config, raw):
     path = tmp_path_factory.mktemp("run") / "config.json"
     path.write_text(json.dumps(config) if raw is None else raw)
     saved, error = parsed_or_one_line(lambda: read_json(path, RUN_CONFIG_CHECKS))
     if error is None:
-        assert saved["head"] in ("single", "multi") and len(saved["resize"]) == 2
-        assert all(type(side) is int and side > 0 for side in saved["resize"])
-    resumed, error = parsed_or_one_line(lambda: check_values(train.get_args_parser(), read_json(path), path))
-    if error is None and isinstance(config, dict) and raw is None:
-        for key, value in config.items():  # each value the command line would accept for its flag
-            assert value is None or key not in ("lr", "batch_size", "epochs") or (
-                type(value) in (int, float) and math.isfinite(value) and value > 0)
+        assert isinstance(saved["model"], str) and saved["head"] in ("single", "multi")
+        assert len(saved["resize"]) == 2 and all(type(side) is int and side > 0 for side in saved["resize"])
+
+
+FLAG_VALUES = st.one_of(JSON_VALUES, st.integers(-2, 300), st.floats(), st.sampled_from(["3", "0.5", "64", "1e-3"]),
+                        st.lists(st.one_of(st.integers(-1, 300), st.floats(0, 1)), max_size=4))
+
+
+@settings(max_examples=100, deadline=None)  # cheap: a parser and a dict
+@given(key=st.sampled_from(CONFIG_KEYS), value=FLAG_VALUES)
+def test_a_saved_flag_value_is_accepted_only_when_the_command_line_gives_that_value(key, value):
+    parser = train.get_args_parser()
+    _, error = parsed_or_one_line(lambda: check_values(parser, {key: value}, "config.json"))
+    if error is None and value is not None:
+        switch = isinstance(value, bool) and key == "pretrained"
+        argv = ([f"--{key}"] if value else []) if switch else [f"--{key}", *map(str, value if isinstance(value, list)
+                                                                                 else [value])]
+        with contextlib.redirect_stderr(io.StringIO()):
+            parsed = getattr(parser.parse_args(argv), key)
+        assert parsed == value and type(parsed) is type(value) or type(value) is int and type(parsed) is float
 
 
 PIXELS = {  # PIL mode: the numpy dtype and range of its pixels
