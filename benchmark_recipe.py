@@ -32,11 +32,13 @@ def get_args_parser():
     cli.add_flag(data, "seed", type=cli.non_negative_int, default=0, help="seed of the generated people")
     shared = parser.add_argument_group("shared by both runs (defaults: recipes/fast_cpu.sh's)")
     cli.add_flag(shared, "model", default="resnet18", help="network")
-    cli.add_flag(shared, "resize", type=cli.positive_int, nargs=2, default=[128, 96], metavar=("H", "W"), help="input size")
+    cli.add_flag(shared, "resize", type=cli.positive_int, nargs=2, default=[128, 96], metavar=("H", "W"),
+                 help="input size")
     cli.add_flag(shared, "epochs", type=cli.positive_int, default=8, help="epochs per fold")
     cli.add_flag(shared, "batch_size", type=cli.positive_int, default=32, help="training batch size")
     cli.add_flag(shared, "lr", type=cli.positive_float, default=3e-3, help="learning rate")
-    cli.add_flag(shared, "workers", type=cli.non_negative_int, default=None, help="loader processes (default: train.py's)")
+    cli.add_flag(shared, "workers", type=cli.non_negative_int, default=None,
+                 help="loader processes (default: train.py's)")
     return parser
 
 

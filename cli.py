@@ -52,7 +52,6 @@ def int_at_least(low):
         if value < low:
             raise argparse.ArgumentTypeError(f"{value} is out of range: at least {low}")
         return value
-    parse.__name__ = f"integer >= {low}"  # argparse names the type in its messages
     return parse
 
 
@@ -70,7 +69,6 @@ def float_in(low, high=math.inf, low_open=False):
             bounds = f"{'over' if low_open else 'at least'} {low}" + (f" and at most {high}" if high < math.inf else "")
             raise argparse.ArgumentTypeError(f"{text} is out of range: a finite number {bounds}")
         return value
-    parse.__name__ = "number"
     return parse
 
 

@@ -82,6 +82,15 @@ def open_lock(path):
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, umask_mode()), "w")
 
 
+def make_dir(path, exist_ok=False):
+    """Creates the folder `path` and its parents; one that cannot be made (a file in the way, no permission) is the
+    one-line error."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=exist_ok)
+    except OSError as error:
+        raise UserError(f"cannot create the folder {path}: {first_line(error)}") from None
+
+
 def remove_unfinished_runs(run_dir):
     """Removes the run directories in run_dir (itself, or its fold runs) that hold no checkpoint, then run_dir if
     nothing is left in it: a run that failed before its first epoch ended leaves nothing behind."""

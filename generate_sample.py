@@ -322,10 +322,12 @@ def generate(out_dir, people=60, eval_people=20, seed=0, overwrite=False):
 def main():
     parser = cli.Parser(description="Generate synthetic mask/gender/age photos in the competition layout.")
     parser.add_argument("--out", default="data", help="output folder (default: data)")
-    parser.add_argument("--people", type=cli.positive_int, default=60, help="number of train people, 7 photos each (default: 60)")
+    parser.add_argument("--people", type=cli.positive_int, default=60,
+                        help="number of train people, 7 photos each (default: 60)")
     parser.add_argument("--eval_people", "--eval-people", type=cli.positive_int, default=20,
                         help="number of eval people, 7 photos each (default: 20)")
-    parser.add_argument("--seed", type=cli.non_negative_int, default=0, help="random seed; same seed gives identical files (default: 0)")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
+                        help="random seed; same seed gives identical files (default: 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="remove existing train/, eval/ and gt/ under --out first (default: refuse)")
     args = parser.parse_args()

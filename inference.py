@@ -236,8 +236,8 @@ def write_probabilities(image_ids, probabilities, path):
 
 def write_submission(info, probabilities, output_dir, answers=None):
     """output.csv (info.csv with ans = `answers`, by default the most probable class) and probabilities.csv, written
-    as a pair: output.csv is there only when both are new. Returns the answers. Probabilities that are not all finite (NaN weights, an overflow) are refused: their argmax
-    would be a submission of zeros."""
+    as a pair: output.csv is there only when both are new. Returns the answers. Probabilities that are not all
+    finite (NaN weights, an overflow) are refused: their argmax would be a submission of zeros."""
     if not np.isfinite(np.asarray(probabilities)).all():
         raise cli.UserError("the predicted probabilities are not all finite numbers (a checkpoint with NaN weights? "
                             "an overflow under --amp fp16?): nothing written")

@@ -39,7 +39,8 @@ from dataset import (CACHE_MODES, NUM_CLASSES, OLD_AGE, TASK_CLASSES, ImageDatas
                      inverse_frequency, load_folds, loader_options, num_target_classes, open_cache, parse_age_range,
                      training_targets)
 from evaluation import score, score_task
-from fileio import load_checkpoint, read_json, remove_unfinished_runs, save_checkpoint, write_csv, write_json
+from fileio import (load_checkpoint, make_dir, read_json, remove_unfinished_runs, save_checkpoint, write_csv,
+                    write_json)
 from loss import CRITERIA, MultiTaskLoss, create_criterion
 from model import (AMP_DTYPES, HEADS, autocast, check_amp, create_model, freeze_backbone, load_weights,
                    place_model, predict, to_memory_format)
@@ -64,7 +65,8 @@ def get_args_parser():
                  help="input height and width, the same at validation and inference")
     cli.add_flag(data, "augmentation", default="CustomAugmentation", choices=list(AUGMENTATIONS),
                  help="training transform (validation always uses BaseAugmentation)")
-    cli.add_flag(data, "batch_size", type=cli.positive_int, default=64, help="training batch size (per process under torchrun)")
+    cli.add_flag(data, "batch_size", type=cli.positive_int, default=64,
+                 help="training batch size (per process under torchrun)")
     cli.add_flag(data, "valid_batch_size", type=cli.positive_int, default=256, help="validation batch size")
     cli.add_flag(data, "workers", type=cli.non_negative_int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
                  help="loader worker processes (default: the cores but one, at most 8)")
@@ -99,14 +101,17 @@ def get_args_parser():
     cli.add_flag(optimisation, "epochs", type=cli.positive_int, default=10, help="number of epochs")
     cli.add_flag(optimisation, "optimizer", default="adamw", choices=list(OPTIMIZERS), help="optimizer")
     cli.add_flag(optimisation, "lr", type=cli.positive_float, default=1e-3, help="learning rate")
-    cli.add_flag(optimisation, "max_lr", type=cli.positive_float, default=None, help="onecycle's peak learning rate (default: --lr)")
+    cli.add_flag(optimisation, "max_lr", type=cli.positive_float, default=None,
+                 help="onecycle's peak learning rate (default: --lr)")
     cli.add_flag(optimisation, "warmup_epochs", type=cli.non_negative_int, default=0,
                  help="epochs of linear warmup from 1%% of --lr before the schedule (not with onecycle or plateau)")
     cli.add_flag(optimisation, "momentum", type=cli.fraction, default=0.9, help="momentum of sgd and sgdp")
     cli.add_flag(optimisation, "weight_decay", type=cli.non_negative_float, default=1e-4, help="weight decay")
     cli.add_flag(optimisation, "scheduler", default="cosine", choices=SCHEDULERS, help="learning-rate schedule")
-    cli.add_flag(optimisation, "lr_decay_step", type=cli.positive_int, default=5, help="step scheduler: epochs between decays")
-    cli.add_flag(optimisation, "lr_decay", type=cli.positive_float, default=0.5, help="step and plateau: factor of each decay")
+    cli.add_flag(optimisation, "lr_decay_step", type=cli.positive_int, default=5,
+                 help="step scheduler: epochs between decays")
+    cli.add_flag(optimisation, "lr_decay", type=cli.positive_float, default=0.5,
+                 help="step and plateau: factor of each decay")
     cli.add_flag(optimisation, "plateau_patience", type=cli.non_negative_int, default=2,
                  help="plateau scheduler: epochs without a better validation F1 before a decay")
     cli.add_flag(optimisation, "clip_grad", type=cli.non_negative_float, default=0.0, metavar="NORM",
@@ -448,6 +453,8 @@ def run_epoch(args, training, epoch, device):
     metrics, probabilities = distributed.run_on_main(validate, evaluated_model(training), training.valid_loader,
                                                      training.criterion, args.head, args.task, device, args.amp,
                                                      args.channels_last)
+    if not math.isfinite(metrics["val_loss"]):  # the step's loss was finite but the weights it made are not
+        raise DivergedError(f"validation loss became {metrics['val_loss']} at epoch {epoch}")
     return distributed.mean(train_loss), metrics, probabilities
 
 
@@ -462,7 +469,7 @@ def train_fold(args, frame, run_dir, fold, resume=False):
     device = torch.device(args.device)
     training = build_training(args, frame, device)
     if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=resume)
+        make_dir(run_dir, exist_ok=resume)
         write_json({**vars(args), "run_dir": str(run_dir)}, run_dir / "config.json")
     print(f"run {run_dir}: {len(training.train_loader.dataset)} training and {len(training.valid_loader.dataset)} "
           f"validation images, {args.model} ({args.head} head, task {args.task}) on {device}")

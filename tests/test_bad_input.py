@@ -318,3 +318,17 @@ def test_a_resumed_config_is_checked_like_the_command_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"lr": "nan", "epochs": 3}))
     with pytest.raises(UserError, match="config.json: lr: nan is out of range"):
         train.resumed_args(tmp_path)
+
+
+def test_weights_made_nan_by_the_last_step_stop_training_before_they_are_saved(sample_data, tmp_path):
+    result = run_script("train.py", "--data_dir", sample_data / "train/images", "--model_dir", tmp_path / "model",
+                        *TINY_TRAINING, "--batch_size", "128", "--optimizer", "sgd", "--lr", "1e30")  # one step
+    assert_one_line_error(result, "validation loss became nan at epoch 1: stopped; no epoch had finished")
+    assert list((tmp_path / "model").iterdir()) == []
+
+
+def test_a_model_dir_that_is_a_file_is_one_line(sample_data, tmp_path):
+    (tmp_path / "model").write_text("not a folder")
+    result = run_script("train.py", "--data_dir", sample_data / "train/images", "--model_dir", tmp_path / "model",
+                        *TINY_TRAINING)
+    assert_one_line_error(result, "cannot create the folder")

@@ -115,8 +115,8 @@ def eval_dir(sample_data, tmp_path_factory):
     return root / "eval"
 
 
-IMAGE_IDS = st.one_of(CELLS, st.sampled_from(["REAL", "REAL", "images/../REAL", "../../secret.jpg", "../eval/images/REAL",
-                                               "SECRET", "./REAL", "REAL/"]))
+IMAGE_IDS = st.one_of(CELLS, st.sampled_from(["REAL", "REAL", "images/../REAL", "../../secret.jpg",
+                                              "../eval/images/REAL", "SECRET", "./REAL", "REAL/"]))
 
 
 @IN_PROCESS
