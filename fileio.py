@@ -134,8 +134,8 @@ def save_checkpoint(state, path):
 
 
 def load_checkpoint(path, keys=("model",)):
-    """Loads a checkpoint written by train.py, a dict holding `keys`; anything that is not plain tensors and values
-    is refused, and so is a file that is not such a dict (empty, truncated, another program's)."""
+    """Loads a checkpoint: a dict holding `keys` (train.py's hold a model). Anything that is not plain tensors and
+    values is refused, and so is a file that is not such a dict (empty, truncated, another program's)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}: train a model first or point at a run directory")
@@ -148,7 +148,9 @@ def load_checkpoint(path, keys=("model",)):
                         f"({first_line(error)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise UserError(f"cannot read checkpoint {path}: {first_line(error)}") from None
-    missing = [key for key in keys if not isinstance(state, dict) or key not in state]
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a checkpoint: it holds a {type(state).__name__}, not a table of tensors")
+    missing = [key for key in keys if key not in state]
     if missing:
         raise UserError(f"{path} is not a checkpoint of train.py: it lacks the key {missing[0]!r}")
     return state

@@ -260,7 +260,7 @@ def save_odd_checkpoint(run_dir, content):
 @pytest.mark.parametrize("damage, message", [
     (lambda run: (run / "best.pth").write_bytes(b""), "cannot read checkpoint"),
     (lambda run: (run / "best.pth").write_bytes(b"\x00garbage" * 50), "is not a file torch.save wrote"),
-    (lambda run: save_odd_checkpoint(run, [1, 2]), "lacks the key 'model'"),
+    (lambda run: save_odd_checkpoint(run, [1, 2]), "it holds a list, not a table of tensors"),
     (lambda run: save_odd_checkpoint(run, {"epoch": 1}), "lacks the key 'model'"),
     (lambda run: save_odd_checkpoint(run, {"model": {"conv.weight": 3}}), "holds no weights"),
     (lambda run: (run / "config.json").write_text("{not json"), "cannot read"),

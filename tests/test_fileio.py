@@ -89,7 +89,7 @@ def test_an_unwritable_output_path_is_a_user_error_and_writes_nothing(tmp_path, 
 @pytest.mark.parametrize("content, message", [
     (b"", "cannot read checkpoint"),
     (b"not a checkpoint at all" * 10, "it is not a file torch.save wrote"),
-    (None, "lacks the key 'model'"),
+    (None, "it holds a list, not a table of tensors"),
 ])
 def test_an_empty_garbage_or_odd_checkpoint_is_a_user_error(tmp_path, content, message):
     path = tmp_path / "best.pth"
