@@ -98,10 +98,10 @@ def plain_name(text):
 def inside(folder, relative, what):
     """folder/relative, refused unless it stays inside `folder` once resolved (no `..`, no absolute path, no link
     out). The one message does not say whether the path outside exists."""
-    folder = Path(folder).resolve()
-    path = (folder / str(relative)).resolve()
-    if not str(relative) or path == folder or not path.is_relative_to(folder):
-        raise UserError(f"{what} names {str(relative)!r}, which is not a path inside {folder}")
+    folder, relative = Path(folder).resolve(), str(relative)
+    path = None if "\0" in relative else (folder / relative).resolve()  # a NUL byte names no file
+    if path is None or path == folder or not path.is_relative_to(folder):
+        raise UserError(f"{what} names {relative!r}, which is not a path inside {folder}")
     return path
 
 
