@@ -46,17 +46,20 @@ def get_args_parser():
     data = parser.add_argument_group("data")
     cli.add_flag(data, "data_dir", default=None,
                  help="folder of person folders to read photos from (default: generate --photos into a temporary one)")
-    cli.add_flag(data, "photos", type=int, default=448, help="number of photos (the first ones of --data_dir)")
+    cli.add_flag(data, "photos", type=cli.positive_int, default=448,
+                 help="number of photos (the first ones of --data_dir)")
     cli.add_flag(data, "augmentation", default="CustomAugmentation", choices=list(AUGMENTATIONS),
                  help="the training loader's transform")
-    cli.add_flag(data, "workers", type=int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
+    cli.add_flag(data, "workers", type=cli.non_negative_int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
                  help="loader worker processes, for both loaders (default: train.py's)")
     model = parser.add_argument_group("model")
     cli.add_flag(model, "model", default="resnet18", help="timm, torchvision or efficientnet-pytorch name")
-    cli.add_flag(model, "resize", type=int, nargs=2, default=[128, 96], metavar=("H", "W"), help="input size")
-    cli.add_flag(model, "batch_size", type=int, default=64, help="batch size of training and inference")
-    cli.add_flag(model, "steps", type=int, default=10, help="timed training and inference steps")
-    cli.add_flag(model, "device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    cli.add_flag(model, "resize", type=cli.positive_int, nargs=2, default=[128, 96], metavar=("H", "W"),
+                 help="input size")
+    cli.add_flag(model, "batch_size", type=cli.positive_int, default=64, help="batch size of training and inference")
+    cli.add_flag(model, "steps", type=cli.positive_int, default=10, help="timed training and inference steps")
+    cli.add_flag(model, "device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
+                 help="torch device")
     cli.add_flag(model, "amp", default="off", choices=list(AMP_DTYPES), help="mixed precision, as train.py's")
     cli.add_flag(model, "channels_last", action="store_true", help="channels-last format, as train.py's")
     return parser

@@ -36,18 +36,18 @@ def get_args_parser():
     data = parser.add_argument_group("data")
     cli.add_flag(data, "out", default=None, help="working folder for data, runs and results.json "
                                                  "(default: a temporary one)")
-    cli.add_flag(data, "people", type=int, default=100, help="generated training people (7 photos each)")
-    cli.add_flag(data, "eval_people", type=int, default=60, help="generated held-out eval people")
-    cli.add_flag(data, "data_seed", type=int, default=0, help="seed of the generated people")
+    cli.add_flag(data, "people", type=cli.positive_int, default=100, help="generated training people (7 photos each)")
+    cli.add_flag(data, "eval_people", type=cli.positive_int, default=60, help="generated held-out eval people")
+    cli.add_flag(data, "data_seed", type=cli.non_negative_int, default=0, help="seed of the generated people")
     runs = parser.add_argument_group("runs")
     cli.add_flag(runs, "variant", action="append", default=None, metavar="NAME=FLAGS",
                  help=f"a recipe: its name and train.py flags (repeatable; default: {DEFAULT_VARIANTS})")
-    cli.add_flag(runs, "seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of every variant")
+    cli.add_flag(runs, "seeds", type=cli.non_negative_int, nargs="+", default=[0, 1, 2], help="training seeds of every variant")
     shared = parser.add_argument_group("shared by every run (default: train.py's own)")
     cli.add_flag(shared, "model", default=None, help="network")
-    cli.add_flag(shared, "resize", type=int, nargs=2, default=None, metavar=("H", "W"), help="input size")
-    cli.add_flag(shared, "epochs", type=int, default=None, help="epochs")
-    cli.add_flag(shared, "workers", type=int, default=None, help="loader processes")
+    cli.add_flag(shared, "resize", type=cli.positive_int, nargs=2, default=None, metavar=("H", "W"), help="input size")
+    cli.add_flag(shared, "epochs", type=cli.positive_int, default=None, help="epochs")
+    cli.add_flag(shared, "workers", type=cli.non_negative_int, default=None, help="loader processes")
     return parser
 
 

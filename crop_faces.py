@@ -36,14 +36,14 @@ def get_args_parser():
     paths.add_argument("destination", metavar="DST", help="new or empty folder for the crops")
     crop = parser.add_argument_group("crop")
     cli.add_flag(crop, "all_faces", action="store_true", help="write every face, not only the most confident")
-    cli.add_flag(crop, "margin", type=float, default=0.4,
+    cli.add_flag(crop, "margin", type=cli.non_negative_float, default=0.4,
                  help="margin added on each side, as a fraction of the face box's width and height")
-    cli.add_flag(crop, "size", type=int, nargs=2, default=None, metavar=("H", "W"),
+    cli.add_flag(crop, "size", type=cli.positive_int, nargs=2, default=None, metavar=("H", "W"),
                  help="resize every crop to this (the crop takes this aspect ratio); default: as cropped")
-    cli.add_flag(crop, "min_score", type=float, default=0.0, help="ignore faces detected with a lower confidence")
+    cli.add_flag(crop, "min_score", type=cli.fraction, default=0.0, help="ignore faces detected with a lower confidence")
     detector = parser.add_argument_group("detector")
-    cli.add_flag(detector, "min_face_size", type=int, default=MIN_FACE_SIZE, help="smallest face looked for, pixels")
-    cli.add_flag(detector, "device", default="cuda" if torch.cuda.is_available() else "cpu",
+    cli.add_flag(detector, "min_face_size", type=cli.positive_int, default=MIN_FACE_SIZE, help="smallest face looked for, pixels")
+    cli.add_flag(detector, "device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
                  help="device of the detector (on a CPU the photos are spread over the cores)")
     return parser
 

@@ -17,19 +17,21 @@ import math
 import multiprocessing
 import os
 import re
+import warnings
 from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, RandomSampler, Sampler, WeightedRandomSampler
 from torchsampler import ImbalancedDatasetSampler
 from tqdm import tqdm
 
-from cli import UserError
-from faces import crop_box_pixels
-from fileio import atomic_path, read_csv, write_json
+from cli import UserError, first_line, inside
+from faces import BOX_COLUMNS, SCORE_COLUMN, crop_box_pixels
+from fileio import atomic_path, open_lock, read_csv, write_json
 
 
 class MaskLabel(IntEnum):
@@ -131,6 +133,9 @@ MIN_AGE, MAX_AGE = 1, 120  # anything outside is a typo in the folder name, not 
 OLD_AGE = 60               # the competition's 60+ boundary
 FOLDS_COLUMNS = ("path", "id", "age", "mask_label", "gender_label", "label", "fold")  # what preprocess.py writes
 FOLDER_FOLDS_COLUMNS = ("path", "class", "label", "group", "fold")  # ... for a folder of class folders
+# the integer columns' bounds; a folder set's labels are bounded by its classes
+FOLDS_RANGES = {"age": (MIN_AGE, MAX_AGE), "mask_label": (0, len(MaskLabel) - 1),
+                "gender_label": (0, len(GenderLabel) - 1), "label": (0, np.inf), "fold": (0, np.inf)}
 CACHE_MODES = ("off", "disk", "ram")
 SAMPLERS = ("none", "weighted", "imbalanced")
 CACHE_CHUNK = 64  # photos per task of the pool that builds a cache: amortises the pickling, keeps the bar moving
@@ -218,12 +223,26 @@ def load_folds(csv_path, data_dir, fold):
     """The folds CSV, checked against data_dir and the requested fold."""
     if not csv_path.is_file():
         raise UserError(f"{csv_path} does not exist: run preprocess.py first or pass --csv")
-    frame = read_csv(csv_path, dtype={"id": str, "class": str, "group": str})
+    frame = read_csv(csv_path, dtype=str)  # as text: True, 1.5 or an empty cell is no label, not 1, 1 or NaN
     required = FOLDS_COLUMNS if "mask_label" in frame.columns or "class" not in frame.columns else FOLDER_FOLDS_COLUMNS
     missing = [column for column in required if column not in frame.columns]
-    if missing:
-        raise UserError(f"{csv_path} is not a folds CSV (no {', '.join(missing)}): run preprocess.py")
-    absent = [path for path in frame["path"] if not (data_dir / path).is_file()]
+    if missing or frame.empty:
+        raise UserError(f"{csv_path} is not a folds CSV (no {', '.join(missing) or 'rows'}): run preprocess.py")
+    for column, (low, high) in FOLDS_RANGES.items():
+        if column not in required:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if (bad := values.isna() | (values % 1 != 0) | (values < low) | (values > high)).any():
+            raise UserError(f"{csv_path}: row {int(bad.argmax()) + 2} has {column} {frame[column][bad].iloc[0]!r}, "
+                            f"not an integer in [{low}, {high}]: run preprocess.py")
+        frame[column] = values.astype(np.int64)
+    scheme = frame_scheme(frame)
+    if (frame["label"] >= scheme.num_classes).any():
+        raise UserError(f"{csv_path}: a label is not one of the {scheme.num_classes} classes: run preprocess.py")
+    for column in (*BOX_COLUMNS, SCORE_COLUMN):
+        if column in frame.columns:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    absent = [path for path in frame["path"] if not inside(data_dir, path, str(csv_path)).is_file()]
     if absent:
         raise UserError(f"{len(absent)} of {len(frame)} images in {csv_path} are not under {data_dir} "
                             f"(first: {absent[0]}): rerun preprocess.py for this data directory")
@@ -233,28 +252,48 @@ def load_folds(csv_path, data_dir, fold):
 
 
 def read_image(path):
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """The photo at `path` as an RGB PIL image, decoded as decode_image does."""
+    return Image.fromarray(decode_image(path))
+
+
+def to_rgb(photo):
+    """A PIL image of any mode as 8-bit RGB: 16- and 32-bit integer pixels scaled from 0-65535 and float pixels from
+    0-1 (PIL would clip them to white or black; values outside are refused), a palette's transparency dropped as
+    PIL asks (through RGBA), every other mode converted by PIL."""
+    if photo.mode.startswith("I") or photo.mode == "F":
+        pixels, full_scale = np.asarray(photo, dtype=np.float64), 1.0 if photo.mode == "F" else 65535.0
+        if not (np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= full_scale):
+            raise ValueError(f"its {photo.mode} pixels are outside 0-{full_scale:g}")
+        return Image.fromarray(np.round(pixels * (255 / full_scale)).astype(np.uint8)).convert("RGB")
+    if photo.mode == "P" and "transparency" in photo.info:
+        photo = photo.convert("RGBA")
+    return photo.convert("RGB")
 
 
 def decode_image(path, size=None, region=None, zoom=1.0):
     """The photo at `path` as a uint8 (H, W, 3) array, resized to `size` = (height, width) unless None; with a
-    `region` (fractions of the photo, see faces.crop_regions), only the box faces.crop_box_pixels makes of it."""
+    `region` (fractions of the photo, see faces.crop_regions), only the box faces.crop_box_pixels makes of it.
+
+    The one place photos are decoded: any failure of PIL on the file's bytes (truncation, a decompression bomb,
+    a malformed header, a mode it cannot convert) is the one-line error naming the photo."""
     try:
-        with Image.open(path) as photo:
-            box = None if region is None else crop_box_pixels(region, photo.size, size, zoom)
-            if size is not None:
-                # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers `size`: several times faster.
-                shown = (photo.width, photo.height) if box is None else (box[2] - box[0], box[3] - box[1])
-                full_width, full_height = photo.size
-                photo.draft("RGB", (math.ceil(full_width * size[1] / shown[0]),
-                                    math.ceil(full_height * size[0] / shown[1])))
-                if box is not None:  # the box in the reduced photo's pixels
-                    scale_x, scale_y = photo.width / full_width, photo.height / full_height
-                    box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
-            image = photo.convert("RGB")
-    except OSError as error:
-        raise UserError(f"cannot decode {path}: {error}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a likely bomb is refused, not decoded
+            with Image.open(path) as photo:
+                box = None if region is None else crop_box_pixels(region, photo.size, size, zoom)
+                if size is not None:
+                    # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers `size`: several times
+                    # faster.
+                    shown = (photo.width, photo.height) if box is None else (box[2] - box[0], box[3] - box[1])
+                    full_width, full_height = photo.size
+                    photo.draft("RGB", (math.ceil(full_width * size[1] / shown[0]),
+                                        math.ceil(full_height * size[0] / shown[1])))
+                    if box is not None:  # the box in the reduced photo's pixels
+                        scale_x, scale_y = photo.width / full_width, photo.height / full_height
+                        box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
+                image = to_rgb(photo)
+    except Exception as error:  # noqa: BLE001 -- only PIL runs here, on bytes from outside: every failure is the file's
+        raise UserError(f"cannot decode {path}: {first_line(error)}") from None
     if size is not None and (box is not None or image.size != (size[1], size[0])):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
     return np.array(image)
@@ -327,14 +366,17 @@ class DecodedCache:
                 "files": [[path, stat.st_size, stat.st_mtime_ns] for path, stat in zip(self.paths, stats)]}
 
     def is_fresh(self, manifest):
-        return (self.manifest_file.is_file() and self.file.is_file()
-                and self.file.stat().st_size == np.prod(self.shape)
-                and json.loads(self.manifest_file.read_text()) == manifest)
+        try:
+            return (self.manifest_file.is_file() and self.file.is_file()
+                    and self.file.stat().st_size == np.prod(self.shape)
+                    and json.loads(self.manifest_file.read_text()) == manifest)
+        except (OSError, ValueError):  # a manifest that does not read vouches for nothing: rebuild
+            return False
 
     def build_unless_fresh(self):
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(self.file.with_suffix(".lock"), "w")
+            lock = open_lock(self.file.with_suffix(".lock"))  # a data folder's symlink there is refused, not followed
         except OSError as error:
             raise UserError(f"cannot write the decoded-image cache in {self.file.parent} ({error.strerror}): "
                             "pass a writable --cache_dir, or --cache ram") from None

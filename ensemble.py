@@ -50,7 +50,7 @@ def get_args_parser():
     vote = parser.add_argument_group("vote")
     cli.add_flag(vote, "method", default="soft", choices=METHODS,
                  help="soft: weighted mean of probabilities; hard: weighted majority of the voters' answers")
-    cli.add_flag(vote, "weights", type=float, nargs="+", default=None,
+    cli.add_flag(vote, "weights", type=cli.non_negative_float, nargs="+", default=None,
                  help="one weight per voter, in input order, the composition last (default: all 1)")
     return parser
 
@@ -83,8 +83,8 @@ def check_voters(args):
     if len(weights) != voters:
         raise cli.UserError(f"--weights has {len(weights)} values for {voters} voters: give one per input "
                             "(and one for the composition, last)")
-    if min(weights) < 0 or sum(weights) <= 0:
-        raise cli.UserError(f"--weights {' '.join(map(str, weights))}: weights must be 0 or more, not all 0")
+    if sum(weights) <= 0:  # each is finite and 0 or more (cli.non_negative_float)
+        raise cli.UserError(f"--weights {' '.join(map(str, weights))}: weights must not all be 0")
     return torch.tensor(weights)
 
 

@@ -53,8 +53,8 @@ def get_args_parser():
     cli.add_flag(report, "images", default=None,
                  help="the photos gt.csv names, for the mistakes grid (default: images/ of $SM_CHANNEL_EVAL, "
                       "else data/eval/images)")
-    cli.add_flag(report, "mistakes", type=int, default=16, help="photos in the mistakes grid")
-    cli.add_flag(report, "resize", type=int, nargs=2, default=[128, 96], metavar=("H", "W"),
+    cli.add_flag(report, "mistakes", type=cli.positive_int, default=16, help="photos in the mistakes grid")
+    cli.add_flag(report, "resize", type=cli.positive_int, nargs=2, default=[128, 96], metavar=("H", "W"),
                  help="the grid's photos at this size: the model's --resize, as it saw them")
     return parser
 
@@ -90,7 +90,7 @@ def read_labels(path, role):
     path = Path(path)
     if not path.is_file():
         raise cli.UserError(f"{role} {path} does not exist")
-    frame = read_csv(path, f"{role} {path}", dtype={"ImageID": str})
+    frame = read_csv(path, f"{role} {path}", dtype={"ImageID": str, "ans": str})  # True is no label, not 1
     missing = [column for column in ("ImageID", "ans") if column not in frame.columns]
     if missing:
         raise cli.UserError(f"{role} {path} lacks the column(s) {', '.join(missing)}")

@@ -31,7 +31,6 @@ wanders over the upper middle, so a model that sees the whole photo squashed
 sees a small face, and cropping to it matters.
 """
 
-import argparse
 import hashlib
 import shutil
 import sys
@@ -42,6 +41,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw
 from tqdm import tqdm
+
+import cli
 
 WIDTH, HEIGHT = 384, 512
 STEMS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
@@ -394,15 +395,17 @@ def generate_classes(out_dir, kind, people=60, eval_people=20, seed=0, overwrite
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Generate synthetic photos: the competition's layout, or a "
+    parser = cli.Parser(description="Generate synthetic photos: the competition's layout, or a "
                                                  "class-folder set of another classifier.")
     parser.add_argument("--kind", default="competition", choices=["competition", *KINDS],
                         help="competition: person folders, 18 classes; others: class folders (default: competition)")
     parser.add_argument("--out", default="data", help="output folder (default: data)")
-    parser.add_argument("--people", type=int, default=60, help="number of train people, 7 photos each (default: 60)")
-    parser.add_argument("--eval_people", "--eval-people", type=int, default=20,
+    parser.add_argument("--people", type=cli.positive_int, default=60,
+                        help="number of train people, 7 photos each (default: 60)")
+    parser.add_argument("--eval_people", "--eval-people", type=cli.positive_int, default=20,
                         help="number of eval people, 7 photos each (default: 20)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed gives identical files (default: 0)")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
+                        help="random seed; same seed gives identical files (default: 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="remove existing train/, eval/ and gt/ under --out first (default: refuse)")
     args = parser.parse_args()

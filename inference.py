@@ -25,7 +25,6 @@ eval photos' faces are detected on the first inference that needs them and kept 
 (detected again only for photos added or changed since), those of a held-out fold come from the folds CSV.
 inference_tta.py and ensemble.py share these flags and functions.
 """
-import json
 import os
 from pathlib import Path
 
@@ -40,11 +39,17 @@ from dataset import (CACHE_MODES, COMPETITION, IMAGE_EXTENSIONS, ImageDataset, f
                      loader_options, open_cache, run_scheme, training_targets)
 from evaluation import score
 from faces import BOX_COLUMNS, crop_regions, fallback_face, kept_boxes
-from fileio import load_checkpoint, read_csv, write_csv
-from model import AMP_DTYPES, check_amp, create_model, load_weights, place_model, predict
+from fileio import load_checkpoint, read_csv, read_json, write_csv, write_csvs
+from model import AMP_DTYPES, HEADS, check_amp, create_model, load_weights, place_model, predict
 from sorting import SORT_MODES, sort_photos
 
 PROBABILITY_PREFIX = "prob_"
+RUN_CONFIG_CHECKS = {  # what rebuilding a run's model needs from its config.json
+    "model": (lambda value: isinstance(value, str) and value != "", "a model name"),
+    "head": (lambda value: value in HEADS, f"one of {', '.join(HEADS)}"),
+    "resize": (lambda value: isinstance(value, list) and len(value) == 2
+               and all(type(side) is int and side > 0 for side in value), "two positive integers"),
+}
 
 
 def add_common_flags(parser, fold_all=False):
@@ -57,10 +62,11 @@ def add_common_flags(parser, fold_all=False):
                  help="where output.csv and probabilities.csv go (env SM_OUTPUT_DATA_DIR)")
     cli.add_flag(paths, "checkpoint", default="best", choices=("best", "last"), help="which checkpoint of each run")
     runtime = parser.add_argument_group("runtime")
-    cli.add_flag(runtime, "batch_size", type=int, default=256, help="images per batch")
-    cli.add_flag(runtime, "workers", type=int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
+    cli.add_flag(runtime, "batch_size", type=cli.positive_int, default=256, help="images per batch")
+    cli.add_flag(runtime, "workers", type=cli.non_negative_int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
                  help="loader worker processes")
-    cli.add_flag(runtime, "device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    cli.add_flag(runtime, "device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
+                 help="torch device")
     cli.add_flag(runtime, "amp", default="off", choices=list(AMP_DTYPES),
                  help="mixed precision: bf16 (GPU or CPU), fp16 (GPU), off")
     cli.add_flag(runtime, "channels_last", action="store_true", help="model and batches in channels-last format")
@@ -70,7 +76,7 @@ def add_common_flags(parser, fold_all=False):
     cli.add_flag(runtime, "cache_dir", default=None,
                  help="where --cache disk keeps them (default: .cache beside the images folder)")
     held_out = parser.add_argument_group("held-out check (instead of the eval set)")
-    cli.add_flag(held_out, "fold", type=fold_or_all if fold_all else int, default=None,
+    cli.add_flag(held_out, "fold", type=fold_or_all if fold_all else cli.non_negative_int, default=None,
                  help="predict this validation fold of the folds CSV and print its macro F1"
                       + ("; all: every training image, from train.py --fold all's oof.csv" if fold_all else ""))
     cli.add_flag(held_out, "train_dir", default=cli.env_default("SM_CHANNEL_TRAIN", "data/train/images"),
@@ -94,19 +100,26 @@ def get_args_parser(description="Predict the eval set and write output.csv and p
                  help="file every photo of a photo folder under DIR/<predicted class>/")
     cli.add_flag(sort, "sort_mode", default="copy", choices=SORT_MODES,
                  help="copy, move (link then remove: never lost) or symlink the photos")
-    cli.add_flag(sort, "min_confidence", type=float, default=0.0,
+    cli.add_flag(sort, "min_confidence", type=cli.fraction, default=0.0,
                  help="photos predicted with a lower confidence go to DIR/uncertain/")
     return parser
 
 
 def find_runs(paths):
-    """Run directories (holding config.json) among paths, expanding a parent into its runs."""
+    """Run directories (holding config.json) among paths, expanding a parent into its runs; a parent's run without
+    a checkpoint (one that stopped before its first epoch ended) is skipped with a word."""
     runs = []
     for path in map(Path, paths):
         if (path / "config.json").is_file():
             runs.append(path)
         elif path.is_dir() and (children := sorted(p.parent for p in path.glob("*/config.json"))):
-            runs.extend(children)
+            for child in children:
+                if any(child.glob("*.pth")):
+                    runs.append(child)
+                else:
+                    print(f"skipping {child}: no checkpoint (the run stopped before its first epoch ended)")
+            if not runs:
+                raise cli.UserError(f"no run under {path} has a checkpoint: train one first")
         else:
             raise cli.UserError(f"{path} is not a run directory (no config.json): pass the folder train.py made")
     return runs
@@ -117,7 +130,7 @@ def load_run(run_dir, device, checkpoint="best", task="all", fold=None):
 
     Refuses a run trained for another task than `task`, and, when scoring fold `fold`, a run that trained on it.
     """
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_json(run_dir / "config.json", RUN_CONFIG_CHECKS)
     run_task = config.get("task", "all")
     if run_task != task and task == "all":
         raise cli.UserError(f"{run_dir} predicts the {run_task} task alone: compose mask, gender and age runs "
@@ -142,16 +155,21 @@ def read_info(eval_dir):
     info = read_csv(info_path, dtype={"ImageID": str})
     if "ImageID" not in info.columns:
         raise cli.UserError(f"{info_path} lacks the ImageID column")
+    if info.empty:
+        raise cli.UserError(f"{info_path} lists no image")
+    if (unnamed := info["ImageID"].isna() | (info["ImageID"].str.strip() == "")).any():
+        raise cli.UserError(f"{info_path}: row {int(unnamed.argmax()) + 2} has no ImageID")
     return info
 
 
 def read_eval_set(eval_dir):
     """info.csv of the eval folder and its image paths, checked: every image exists."""
     info, info_path, image_dir = read_info(eval_dir), Path(eval_dir) / "info.csv", Path(eval_dir) / "images"
-    absent = [image_id for image_id in info["ImageID"] if not (image_dir / image_id).is_file()]
+    paths = [cli.inside(image_dir, image_id, str(info_path)) for image_id in info["ImageID"]]
+    absent = [image_id for image_id, path in zip(info["ImageID"], paths) if not path.is_file()]
     if absent:
         raise cli.UserError(f"{len(absent)} images named in {info_path} are not in {image_dir} (first: {absent[0]})")
-    return info, [image_dir / image_id for image_id in info["ImageID"]]
+    return info, paths
 
 
 def read_held_out_fold(train_dir, csv, fold):
@@ -230,7 +248,7 @@ def read_images(args):
 def runs_scheme(run_dirs, args, task="all"):
     """The label scheme the runs predict (narrowed to `task`), checked: the same for every run, and the
     competition's for an eval set of info.csv, the folds CSV's for --fold."""
-    schemes = {run_dir: run_scheme(json.loads((run_dir / "config.json").read_text())) for run_dir in run_dirs}
+    schemes = {run_dir: run_scheme(read_json(run_dir / "config.json", RUN_CONFIG_CHECKS)) for run_dir in run_dirs}
     scheme = schemes[run_dirs[0]]
     for run_dir, other in schemes.items():
         if other != scheme:
@@ -309,19 +327,27 @@ def read_probabilities(path):
     return frame["ImageID"].tolist(), torch.tensor(values, dtype=torch.float32)
 
 
-def write_probabilities(image_ids, probabilities, path):
+def probabilities_frame(image_ids, probabilities):
     columns = [f"{PROBABILITY_PREFIX}{k}" for k in range(probabilities.shape[1])]
     frame = pd.DataFrame(np.asarray(probabilities), columns=columns)
     frame.insert(0, "ImageID", list(image_ids))
-    write_csv(frame, path)
+    return frame
+
+
+def write_probabilities(image_ids, probabilities, path):
+    write_csv(probabilities_frame(image_ids, probabilities), path)
 
 
 def write_submission(info, probabilities, output_dir, answers=None):
-    """output.csv (info.csv with ans = `answers`, by default the most probable class) and probabilities.csv;
-    returns the answers."""
+    """output.csv (info.csv with ans = `answers`, by default the most probable class) and probabilities.csv, written
+    as a pair: output.csv is there only when both are new. Returns the answers. Probabilities that are not all
+    finite (NaN weights, an overflow) are refused: their argmax would be a submission of zeros."""
+    if not np.isfinite(np.asarray(probabilities)).all():
+        raise cli.UserError("the predicted probabilities are not all finite numbers (a checkpoint with NaN weights? "
+                            "an overflow under --amp fp16?): nothing written")
     answers = np.asarray(probabilities).argmax(axis=1) if answers is None else np.asarray(answers)
-    write_probabilities(info["ImageID"], probabilities, Path(output_dir) / "probabilities.csv")
-    write_csv(info.assign(ans=answers), Path(output_dir) / "output.csv")
+    write_csvs({Path(output_dir) / "probabilities.csv": probabilities_frame(info["ImageID"], probabilities),
+                Path(output_dir) / "output.csv": info.assign(ans=answers)})
     print(f"wrote {Path(output_dir) / 'output.csv'} ({len(info)} rows) and probabilities.csv")
     return answers
 

@@ -131,17 +131,15 @@ def get_args_parser():
     cli.add_flag(tta, "tta", default="default",
                  help=f"views besides the identity: names from {', '.join(VIEWS)} separated by commas, "
                       f"or a preset ({', '.join(PRESETS)})")
-    cli.add_flag(tta, "tta_views", type=int, default=0, help="random augmented views added per photo")
+    cli.add_flag(tta, "tta_views", type=cli.non_negative_int, default=0, help="random augmented views added per photo")
     cli.add_flag(tta, "tta_augmentation", default=None, choices=list(AUGMENTATIONS),
                  help="transform of the random views (default: each run's training augmentation)")
-    cli.add_flag(tta, "seed", type=int, default=42, help="seed of the random views")
+    cli.add_flag(tta, "seed", type=cli.non_negative_int, default=42, help="seed of the random views")
     return parser
 
 
 def main():
     args = get_args_parser().parse_args()
-    if args.tta_views < 0:
-        raise cli.UserError(f"--tta_views {args.tta_views} must be 0 or more")
     predict_one = partial(predict_views, views=parse_views(args.tta), random_views=args.tta_views, seed=args.seed,
                           augmentation=args.tta_augmentation)
     device = torch.device(args.device)

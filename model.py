@@ -59,12 +59,13 @@ def build_classifier_network(library, name, pretrained):
 
 def load_pretrained_file(network, path):
     """Loads a local weights file into the network, ignoring tensors whose shape differs (the classifier)."""
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, keys=())  # any weights file: a bare state_dict, or one under state_dict or model
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     own = network.state_dict()
-    matching = {key: value for key, value in state.items() if key in own and own[key].shape == value.shape}
+    matching = {key: value for key, value in state.items()
+                if key in own and isinstance(value, torch.Tensor) and own[key].shape == value.shape}
     if len(matching) < len(own) // 2:
         raise UserError(f"{path} does not hold weights of this model: only {len(matching)} of "
                         f"{len(own)} tensors match")
@@ -171,6 +172,8 @@ def create_model(config, initial_weights=True):
 def load_weights(model, state_dict, source):
     """Loads a checkpoint's weights, naming the first mismatch in one line instead of a traceback."""
     own = model.state_dict()
+    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise UserError(f"{source} holds no weights: its model entry is not a table of tensors")
     missing = [key for key in own if key not in state_dict]
     unexpected = [key for key in state_dict if key not in own]
     if missing or unexpected:

@@ -37,13 +37,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 import cli
 from dataset import (GENDER_BY_NAME, IMAGE_EXTENSIONS, MASK_BY_STEM, MAX_AGE, MIN_AGE, PERSON_FOLDER, MaskLabel,
-                     age_band, encode_label, parse_person_folder)
+                     age_band, decode_image, encode_label, parse_person_folder)
 from faces import box_frame, detect_faces, report_detection
 from fileio import read_csv, write_csv
 
@@ -72,11 +71,11 @@ def get_args_parser():
     faces = parser.add_argument_group("faces")
     cli.add_flag(faces, "faces", default="on", choices=("on", "off"),
                  help="detect the face of every photo and write its box into the folds CSV")
-    cli.add_flag(faces, "device", default="cuda" if torch.cuda.is_available() else "cpu",
+    cli.add_flag(faces, "device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
                  help="device of the face detector (on a CPU the photos are spread over the cores)")
     split = parser.add_argument_group("split")
-    cli.add_flag(split, "kfold", type=int, default=5, help="number of folds")
-    cli.add_flag(split, "seed", type=int, default=42, help="seed of the fold assignment")
+    cli.add_flag(split, "kfold", type=cli.int_at_least(2), default=5, help="number of folds")
+    cli.add_flag(split, "seed", type=cli.non_negative_int, default=42, help="seed of the fold assignment")
     return parser
 
 
@@ -85,13 +84,12 @@ def is_hidden(path):
 
 
 def photo_decodes(path):
-    """True when the whole photo decodes; draft mode decodes JPEGs at 1/8 scale, reading every byte."""
+    """True when the whole photo decodes as training will decode it; at the smallest size a JPEG decodes at 1/8
+    scale, still reading every byte."""
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (image.width // 8, image.height // 8))
-            image.load()
+        decode_image(path, (1, 1))
         return True
-    except (OSError, SyntaxError, ValueError):
+    except cli.UserError:
         return False
 
 

@@ -17,7 +17,6 @@ class's F1.
 """
 import argparse
 import copy
-import json
 import math
 import os
 import random
@@ -43,7 +42,8 @@ from dataset import (CACHE_MODES, OLD_AGE, SAMPLERS, ImageDataset, LabelScheme, 
                      training_targets)
 from evaluation import class_f1, score
 from faces import CROP_MODES, check_crop_box, crop_regions
-from fileio import load_checkpoint, save_checkpoint, write_csv, write_json
+from fileio import (load_checkpoint, make_dir, read_json, remove_unfinished_runs, save_checkpoint, write_csv,
+                    write_json)
 from loss import CRITERIA, create_training_criterion
 from model import AMP_DTYPES, HEADS, autocast, create_model, freeze_backbone, load_weights, place_model, predict, \
     to_memory_format
@@ -62,37 +62,38 @@ def get_args_parser():
     cli.add_flag(data, "fold", type=fold_number, default=0,
                  help="fold held out for validation; all: one run per fold in run_dir/fold0, fold1, ... "
                       "and the out-of-fold predictions in run_dir/oof.csv")
-    cli.add_flag(data, "resize", type=int, nargs=2, default=[128, 96], metavar=("H", "W"),
+    cli.add_flag(data, "resize", type=cli.positive_int, nargs=2, default=[128, 96], metavar=("H", "W"),
                  help="input height and width, the same at validation and inference")
     cli.add_flag(data, "crop", default="face", choices=CROP_MODES,
                  help="face: the face box of the folds CSV grown by --face_margin (photos without a face: the median "
                       "box), at --resize's aspect ratio; box: --crop_box of every photo; none: the whole photo resized")
-    cli.add_flag(data, "face_margin", type=float, default=0.4,
+    cli.add_flag(data, "face_margin", type=cli.non_negative_float, default=0.4,
                  help="--crop face: the margin added on each side, as a fraction of the face box's width and height")
-    cli.add_flag(data, "crop_box", type=float, nargs=4, default=None, metavar=("X1", "Y1", "X2", "Y2"),
+    cli.add_flag(data, "crop_box", type=cli.fraction, nargs=4, default=None, metavar=("X1", "Y1", "X2", "Y2"),
                  help="--crop box: the region shown, as fractions of the photo's width and height")
     cli.add_flag(data, "augmentation", default="CustomAugmentation", choices=list(AUGMENTATIONS),
                  help="training transform (validation always uses BaseAugmentation)")
-    cli.add_flag(data, "batch_size", type=int, default=64, help="training batch size (per process under torchrun)")
-    cli.add_flag(data, "valid_batch_size", type=int, default=256, help="validation batch size")
-    cli.add_flag(data, "workers", type=int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
+    cli.add_flag(data, "batch_size", type=cli.positive_int, default=64,
+                 help="training batch size (per process under torchrun)")
+    cli.add_flag(data, "valid_batch_size", type=cli.positive_int, default=256, help="validation batch size")
+    cli.add_flag(data, "workers", type=cli.non_negative_int, default=max(0, min(8, (os.cpu_count() or 1) - 1)),
                  help="loader worker processes (default: the cores but one, at most 8)")
     cli.add_flag(data, "sampler", default="none", choices=SAMPLERS,
                  help="none: shuffle; weighted: draw each class equally often (inverse frequency); "
                       "imbalanced: torchsampler's ImbalancedDatasetSampler on the training targets")
-    cli.add_flag(data, "old_age", type=int, default=OLD_AGE,
+    cli.add_flag(data, "old_age", type=cli.positive_int, default=OLD_AGE,
                  help="competition: training targets count ages >= this as 60+ (validation always uses 60)")
     cli.add_flag(data, "drop_ages", default=None, metavar="A-B",
                  help="leave people of these ages (a range A-B or one age) out of training, never of validation")
 
     mixing = parser.add_argument_group("mixing")
-    cli.add_flag(mixing, "mixup", type=float, default=0.0, metavar="P", help="probability of mixup per batch")
-    cli.add_flag(mixing, "cutmix", type=float, default=0.0, metavar="P", help="probability of cutmix per batch")
-    cli.add_flag(mixing, "mix_alpha", type=float, default=1.0,
+    cli.add_flag(mixing, "mixup", type=cli.fraction, default=0.0, metavar="P", help="probability of mixup per batch")
+    cli.add_flag(mixing, "cutmix", type=cli.fraction, default=0.0, metavar="P", help="probability of cutmix per batch")
+    cli.add_flag(mixing, "mix_alpha", type=cli.positive_float, default=1.0,
                  help="Beta(alpha, alpha) of mixup's weight and of box cutmix's area")
     cli.add_flag(mixing, "cutmix_mode", default="box", choices=CUTMIX_MODES,
                  help="box: a random box of the partner (standard); vertical: the partner's right part")
-    cli.add_flag(mixing, "cutmix_ratio", type=float, nargs=2, default=[0.46, 0.54], metavar=("LOW", "HIGH"),
+    cli.add_flag(mixing, "cutmix_ratio", type=cli.fraction, nargs=2, default=[0.46, 0.54], metavar=("LOW", "HIGH"),
                  help="vertical cutmix: range of the split column, as a fraction of the width")
 
     model = parser.add_argument_group("model")
@@ -106,36 +107,39 @@ def get_args_parser():
     cli.add_flag(model, "pretrained_path", default=None, help="start from a local weights file instead")
 
     optimisation = parser.add_argument_group("optimisation")
-    cli.add_flag(optimisation, "epochs", type=int, default=10, help="number of epochs")
+    cli.add_flag(optimisation, "epochs", type=cli.positive_int, default=10, help="number of epochs")
     cli.add_flag(optimisation, "optimizer", default="adamw", choices=list(OPTIMIZERS), help="optimizer")
-    cli.add_flag(optimisation, "lr", type=float, default=1e-3, help="learning rate")
-    cli.add_flag(optimisation, "max_lr", type=float, default=None, help="onecycle's peak learning rate (default: --lr)")
-    cli.add_flag(optimisation, "warmup_epochs", type=int, default=0,
+    cli.add_flag(optimisation, "lr", type=cli.positive_float, default=1e-3, help="learning rate")
+    cli.add_flag(optimisation, "max_lr", type=cli.positive_float, default=None,
+                 help="onecycle's peak learning rate (default: --lr)")
+    cli.add_flag(optimisation, "warmup_epochs", type=cli.non_negative_int, default=0,
                  help="epochs of linear warmup from 1%% of --lr before the schedule (not with onecycle or plateau)")
-    cli.add_flag(optimisation, "momentum", type=float, default=0.9, help="momentum of sgd and sgdp")
-    cli.add_flag(optimisation, "weight_decay", type=float, default=1e-4, help="weight decay")
+    cli.add_flag(optimisation, "momentum", type=cli.fraction, default=0.9, help="momentum of sgd and sgdp")
+    cli.add_flag(optimisation, "weight_decay", type=cli.non_negative_float, default=1e-4, help="weight decay")
     cli.add_flag(optimisation, "scheduler", default="cosine", choices=SCHEDULERS, help="learning-rate schedule")
-    cli.add_flag(optimisation, "lr_decay_step", type=int, default=5, help="step scheduler: epochs between decays")
-    cli.add_flag(optimisation, "lr_decay", type=float, default=0.5, help="step and plateau: factor of each decay")
-    cli.add_flag(optimisation, "plateau_patience", type=int, default=2,
+    cli.add_flag(optimisation, "lr_decay_step", type=cli.positive_int, default=5,
+                 help="step scheduler: epochs between decays")
+    cli.add_flag(optimisation, "lr_decay", type=cli.positive_float, default=0.5,
+                 help="step and plateau: factor of each decay")
+    cli.add_flag(optimisation, "plateau_patience", type=cli.non_negative_int, default=2,
                  help="plateau scheduler: epochs without a better validation F1 before a decay")
-    cli.add_flag(optimisation, "clip_grad", type=float, default=0.0, metavar="NORM",
+    cli.add_flag(optimisation, "clip_grad", type=cli.non_negative_float, default=0.0, metavar="NORM",
                  help="clip the gradient norm to this (0: off)")
-    cli.add_flag(optimisation, "ema", type=float, default=0.0, metavar="DECAY",
+    cli.add_flag(optimisation, "ema", type=cli.fraction, default=0.0, metavar="DECAY",
                  help="keep an exponential moving average of the weights (e.g. 0.999), validated and saved "
                       "instead of the raw weights (0: off)")
-    cli.add_flag(optimisation, "freeze_epochs", type=int, default=0,
+    cli.add_flag(optimisation, "freeze_epochs", type=cli.non_negative_int, default=0,
                  help="train only the head, backbone frozen, for this many first epochs")
     cli.add_flag(optimisation, "criterion", default="cross_entropy", choices=CRITERIA, help="training criterion")
     cli.add_flag(optimisation, "class_weights", default="none", choices=["none", "auto"],
                  help="auto: weigh the criterion's classes by inverse training frequency (mean 1; f1 ignores it)")
     cli.add_flag(optimisation, "task_criteria", nargs="+", default=None, choices=CRITERIA, metavar="CRITERION",
                  help="--head multi: one criterion per task, e.g. mask gender age (default: --criterion)")
-    cli.add_flag(optimisation, "task_weights", type=float, nargs="+", default=None, metavar="WEIGHT",
+    cli.add_flag(optimisation, "task_weights", type=cli.non_negative_float, nargs="+", default=None, metavar="WEIGHT",
                  help="--head multi: weight of each task's criterion (default: 1 each)")
-    cli.add_flag(optimisation, "focal_gamma", type=float, default=2.0, help="focal criterion's gamma")
-    cli.add_flag(optimisation, "smoothing", type=float, default=0.1, help="label_smoothing criterion's epsilon")
-    cli.add_flag(optimisation, "patience", type=int, default=0,
+    cli.add_flag(optimisation, "focal_gamma", type=cli.non_negative_float, default=2.0, help="focal criterion's gamma")
+    cli.add_flag(optimisation, "smoothing", type=cli.fraction, default=0.1, help="label_smoothing criterion's epsilon")
+    cli.add_flag(optimisation, "patience", type=cli.non_negative_int, default=0,
                  help="stop after this many epochs without a better validation F1 (0: never)")
     cli.add_flag(optimisation, "select", default="f1", choices=list(SELECT),
                  help="the validation metric that picks best.pth and drives --patience: macro F1 or top-1 accuracy")
@@ -143,14 +147,15 @@ def get_args_parser():
     run = parser.add_argument_group("run")
     cli.add_flag(run, "model_dir", default=cli.env_default("SM_MODEL_DIR", "model"),
                  help="parent of run directories (env SM_MODEL_DIR)")
-    cli.add_flag(run, "name", default="exp", help="run directory name; exp2, exp3, ... when taken")
-    cli.add_flag(run, "seed", type=int, default=42, help="seed of weights, order and augmentation")
+    cli.add_flag(run, "name", type=cli.plain_name, default="exp", help="run directory name; exp2, exp3, ... when taken")
+    cli.add_flag(run, "seed", type=cli.non_negative_int, default=42, help="seed of weights, order and augmentation")
     cli.add_flag(run, "resume", default=None, metavar="RUN_DIR",
                  help="continue an interrupted run (or --fold all parent) from its last.pth; its config.json "
                       "supplies every other flag")
     cli.add_flag(run, "deterministic", action="store_true",
                  help="deterministic cuDNN algorithms on GPU (slower); CPU runs are deterministic anyway")
-    cli.add_flag(run, "device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    cli.add_flag(run, "device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
+                 help="torch device")
 
     speed = parser.add_argument_group("speed")
     cli.add_flag(speed, "cache", default="disk", choices=CACHE_MODES,
@@ -410,7 +415,7 @@ def save_epoch(run_dir, args, training, progress, metrics, probabilities, improv
 
 def restore_progress(path, training):
     """Loads last.pth into the model, optimizer, scheduler, loss scaler and EMA; returns the loop's progress."""
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, keys=("model", "epoch", "optimizer", "scheduler", "progress"))
     load_weights(training.model, state.get("training_model", state["model"]), path)
     if training.ema is not None:
         load_weights(training.ema.module, state["model"], path)
@@ -437,6 +442,8 @@ def run_epoch(args, training, epoch, device):
                                                      training.criterion, args.head, run_scheme(vars(args)), device,
                                                      args.amp,
                                                      args.channels_last)
+    if not math.isfinite(metrics["val_loss"]):  # the step's loss was finite but the weights it made are not
+        raise DivergedError(f"validation loss became {metrics['val_loss']} at epoch {epoch}")
     return distributed.mean(train_loss), metrics, probabilities
 
 
@@ -451,7 +458,7 @@ def train_fold(args, frame, run_dir, fold, resume=False):
     device = torch.device(args.device)
     training = build_training(args, frame, device)
     if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=resume)
+        make_dir(run_dir, exist_ok=resume)
         write_json({**vars(args), "run_dir": str(run_dir)}, run_dir / "config.json")
     print(f"run {run_dir}: {len(training.train_loader.dataset)} training and {len(training.valid_loader.dataset)} "
           f"validation images, {args.model} ({args.head} head, task {args.task}) on {device}")
@@ -530,8 +537,11 @@ def resumed_args(run_dir):
     """The saved arguments of an interrupted run: a single-fold run, or a --fold all parent of fold runs."""
     for config_path, fold in ((run_dir / "config.json", None), (run_dir / "fold0" / "config.json", "all")):
         if config_path.is_file():
-            defaults = vars(get_args_parser().parse_args([]))  # for flags added since the run was saved
-            args = argparse.Namespace(**{**defaults, **LEGACY_DEFAULTS, **json.loads(config_path.read_text())})
+            parser = get_args_parser()
+            saved = read_json(config_path)
+            cli.check_values(parser, saved, config_path)
+            defaults = vars(parser.parse_args([]))  # for flags added since the run was saved
+            args = argparse.Namespace(**{**defaults, **LEGACY_DEFAULTS, **saved})
             args.fold = fold if fold is not None else args.fold
             return args
     raise cli.UserError(f"{run_dir} is not a run directory (no config.json): pass the folder train.py made")
@@ -539,7 +549,7 @@ def resumed_args(run_dir):
 
 def main():
     args = get_args_parser().parse_args()
-    resume = args.resume is not None
+    resume, run_dir = args.resume is not None, None
     if resume:
         run_dir, args = Path(args.resume), resumed_args(Path(args.resume))
     args.device = distributed.setup(args.device)  # under torchrun: join the other ranks, one GPU per local rank
@@ -555,6 +565,10 @@ def main():
             train_all_folds(args, frame, run_dir, resume)
         else:
             train_fold(args, frame, run_dir, args.fold, resume)
+    except BaseException:
+        if run_dir is not None and not resume and distributed.is_main():
+            remove_unfinished_runs(run_dir)  # a run with no checkpoint would only stand in inference's way
+        raise
     finally:
         distributed.teardown()
 

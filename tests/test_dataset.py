@@ -2,9 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
-from dataset import (NUM_CLASSES, AgeLabel, age_band, compose_probabilities, decode_label, encode_label,
-                     parse_person_folder, task_marginals, training_targets)
+from cli import UserError
+from dataset import (NUM_CLASSES, AgeLabel, DecodedCache, age_band, compose_probabilities, decode_image, decode_label,
+                     encode_label, parse_person_folder, task_marginals, training_targets)
 
 
 def test_encode_decode_round_trip_covers_all_18_classes():
@@ -59,3 +61,57 @@ def test_training_targets_per_task():
     assert list(training_targets(frame)) == [encode_label(0, 1, 0), encode_label(2, 0, 1)]
     assert list(training_targets(frame, "mask")) == [0, 2]
     assert list(training_targets(frame, "age", old_age=58)) == [0, 2]
+
+
+@pytest.mark.parametrize("pixels, suffix", [
+    (np.array([[0, 257, 32896, 65535]], dtype=np.uint16), ".png"),   # I;16: 16-bit grey
+    (np.array([[0, 257, 32896, 65535]], dtype=np.int32), ".tiff"),   # I: 32-bit integers, 16-bit range
+    (np.array([[0, 1 / 255, 128 / 255, 1]], dtype=np.float32), ".tiff"),  # F: floats from 0 to 1
+])
+def test_deep_photos_decode_scaled_to_8_bits_not_clipped(tmp_path, pixels, suffix):
+    Image.fromarray(pixels).save(tmp_path / f"photo{suffix}")
+    decoded = decode_image(tmp_path / f"photo{suffix}")
+    assert decoded.dtype == np.uint8 and decoded.shape == (1, 4, 3)
+    assert decoded[0, :, 0].tolist() == [0, 1, 128, 255] and (decoded == decoded[..., :1]).all()
+
+
+def test_float_pixels_outside_0_to_1_are_refused_naming_the_photo(tmp_path):
+    Image.fromarray(np.array([[0, 2.5]], dtype=np.float32)).save(tmp_path / "photo.tiff")
+    with pytest.raises(UserError, match=f"cannot decode {tmp_path / 'photo.tiff'}: its F pixels are outside 0-1"):
+        decode_image(tmp_path / "photo.tiff")
+
+
+def test_a_palette_with_transparency_decodes_to_its_colours(tmp_path):
+    photo = Image.new("P", (2, 1))
+    photo.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    photo.putpixel((1, 0), 1)
+    photo.save(tmp_path / "photo.png", transparency=0)
+    assert decode_image(tmp_path / "photo.png")[0].tolist() == [[0, 0, 0], [200, 100, 50]]
+
+
+@pytest.mark.parametrize("limit", [30, 60])  # over twice the limit PIL raises an error, over it only warns
+def test_a_decompression_bomb_is_the_one_line_error(tmp_path, monkeypatch, limit):
+    Image.new("RGB", (10, 10)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(UserError, match="cannot decode .*bomb.png: Image size"):
+        decode_image(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("planted, refused", [(".lock", True), (".u8", False), (".json", False)])
+def test_a_symlink_planted_in_the_cache_never_writes_to_its_target(tmp_path, planted, refused):
+    photos = []
+    for index in range(2):
+        Image.new("RGB", (8, 8), (index * 100, 0, 0)).save(tmp_path / f"photo{index}.png")
+        photos.append(tmp_path / f"photo{index}.png")
+    built = DecodedCache(photos, (4, 4), "disk", tmp_path / ".cache")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    built.file.with_suffix(planted).unlink()
+    built.file.with_suffix(planted).symlink_to(victim)
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(photos[0])  # stale: the cache is rebuilt
+    if refused:
+        with pytest.raises(UserError, match="cannot write the decoded-image cache"):
+            DecodedCache(photos, (4, 4), "disk", tmp_path / ".cache")
+    else:
+        assert DecodedCache(photos, (4, 4), "disk", tmp_path / ".cache").pixels(photos[0])[0, 0].tolist() == [0, 200, 0]
+    assert victim.read_text() == "precious"
