@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The winning team's GPU recipe: a pretrained EfficientNet-B4 at 380x380 with a strong augmentation, vertical
+# The winning team's GPU recipe: a pretrained EfficientNet-B4 at 380x380 on MTCNN face crops, with a strong augmentation, vertical
 # cutmix (left and right halves of two people, split at 46-54% of the width), ages 58+ trained as 60+, focal loss,
 # a weighted sampler, warmup + cosine, weight EMA, five folds (about an hour per fold on one modern GPU).
 #
@@ -14,7 +14,7 @@ PYTHON="${PYTHON:-python}"
 
 "$PYTHON" "$ROOT/preprocess.py" --kfold "${KFOLD:-5}" ${CORRECTIONS:+--corrections "$CORRECTIONS"}
 "$PYTHON" "$ROOT/train.py" --name effb4 --fold all \
-    --model efficientnet_b4 --pretrained --resize 380 380 --batch_size 32 --valid_batch_size 128 \
+    --model efficientnet_b4 --pretrained --resize 380 380 --crop face --face_margin 0.4 --batch_size 32 --valid_batch_size 128 \
     --augmentation StrongAugmentation --cutmix 0.5 --cutmix_mode vertical --cutmix_ratio 0.46 0.54 \
     --sampler weighted --old_age 58 --criterion focal --focal_gamma 2 \
     --optimizer adamw --lr 3e-4 --weight_decay 1e-2 --scheduler cosine --warmup_epochs 1 --epochs 15 \
