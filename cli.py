@@ -118,8 +118,9 @@ def check_values(parser, values, source):
                 raise UserError(f"{source}: {action.dest} is {value!r}, not true or false")
             continue
         items = value if isinstance(value, list) else [value]
-        if isinstance(value, list) != (action.nargs is not None) or (isinstance(action.nargs, int)
-                                                                     and len(items) != action.nargs):
+        count_fits = (len(items) == action.nargs if isinstance(action.nargs, int)
+                      else bool(items) if action.nargs == "+" else True)
+        if isinstance(value, list) != (action.nargs is not None) or not count_fits:
             raise UserError(f"{source}: {action.dest} is {value!r}, which is not what --{action.dest} takes")
         for item in items:
             try:

@@ -424,6 +424,10 @@ def restore_progress(path, training):
     if training.ema is not None:
         load_weights(training.ema.module, state["model"], path)
     training.optimizer.load_state_dict(state["optimizer"])
+    planned, saved = getattr(training.scheduler, "total_steps", None), state["scheduler"].get("total_steps")
+    if planned != saved:  # onecycle's schedule ends with the run it was made for
+        raise cli.UserError(f"{path} holds a onecycle schedule of {saved} steps, but the run now takes {planned}: "
+                            "resume with the run's own epochs and batch size")
     training.scheduler.load_state_dict(state["scheduler"])
     training.scaler.load_state_dict(state.get("scaler", {}))  # fp16's loss scale; runs saved before it had none
     print(f"resumed {path} after epoch {state['epoch']}")

@@ -1,5 +1,6 @@
 """The winning recipe's tools: samplers, class weights, the age boundary, label corrections, batch mixing,
 multi-task weights, single-task heads, k-fold out-of-fold predictions, schedules and the flags end to end."""
+import argparse
 import json
 import sys
 from collections import Counter
@@ -18,7 +19,7 @@ import train
 from augmentation import BatchMixer, StrongAugmentation
 from cli import UserError
 from dataset import (COMPETITION, NUM_CLASSES, TASK_CLASSES, ImageDataset, create_sampler, decode_label, encode_label,
-                     inverse_frequency)
+                     inverse_frequency, run_scheme)
 from fileio import load_checkpoint
 from loss import create_training_criterion
 from model import create_model
@@ -90,7 +91,8 @@ def test_old_age_and_drop_ages_change_training_people_only_never_validation():
     frame = people_frame()
 
     def build_loaders(*flags):  # --cache off: the frame's photos do not exist, and nothing here decodes them
-        return train.build_loaders(parse(*flags, "--fold", "0", "--cache", "off"), frame, Path(), torch.device("cpu"))
+        return train.build_loaders(parse(*flags, "--fold", "0", "--cache", "off", "--crop", "none"), frame, Path(),
+                                   torch.device("cpu"))
 
     train_loader, valid_loader = build_loaders("--old_age", "58")
     assert loader_ages_and_bands(train_loader) == (AGES, [0, 1, 1, 2, 2, 2, 2])
@@ -217,7 +219,7 @@ def test_single_task_runs_have_3_2_3_outputs_and_mix_into_task_soft_targets(task
     assert model(images).shape == (4, outputs)
     mixed, soft = BatchMixer(outputs, cutmix=1.0, cutmix_mode="vertical", rng=np.random.default_rng(0))(images, targets)
     assert soft.shape == (4, outputs)
-    criterion = create_training_criterion(args, np.array([0, 0, 1]), COMPETITION)
+    criterion = create_training_criterion(args, np.array([0, 0, 1]), run_scheme(vars(args)))
     assert criterion.weight.shape == (outputs,) and torch.isfinite(criterion(model(mixed), soft))
 
 
@@ -259,7 +261,7 @@ def test_plateau_decays_after_epochs_without_a_better_f1_and_onecycle_peaks_at_m
 
 
 def test_frozen_backbone_trains_only_the_head():
-    args = parse("--model", "test_resnet")
+    args = parse("--model", "test_resnet", "--head", "single")
     model = create_model(vars(args))
     before = {name: value.clone() for name, value in model.state_dict().items()}
     batches = [(torch.randn(4, 3, 64, 48), torch.tensor([0, 5, 9, 17]))] * 2
@@ -292,7 +294,8 @@ def test_fold_all_predicts_every_training_image_once_by_the_model_that_did_not_t
         model = create_model(config, initial_weights=False)
         model.load_state_dict(load_checkpoint(fold_run / "best.pth")["model"])
         loader = train.build_loaders(parse(*TINY, "--fold", str(fold)), folds, images, torch.device("cpu"))[1]
-        _, probabilities = train.validate(model, loader, torch.nn.CrossEntropyLoss(), "single", COMPETITION, torch.device("cpu"))
+        criterion = create_training_criterion(argparse.Namespace(**config), loader.dataset.targets, COMPETITION)
+        _, probabilities = train.validate(model, loader, criterion, config["head"], COMPETITION, torch.device("cpu"))
         columns = [f"prob_{k}" for k in range(NUM_CLASSES)]
         assert np.allclose(predicted[columns].to_numpy(), probabilities.numpy(), atol=1e-5)
     metrics = json.loads((run / "oof_metrics.json").read_text())
@@ -302,7 +305,8 @@ def test_fold_all_predicts_every_training_image_once_by_the_model_that_did_not_t
 def test_a_tiny_run_with_the_recipe_flags_succeeds_and_records_them(sample_data, tmp_path, monkeypatch):
     flags = {"--sampler": "weighted", "--class_weights": "auto", "--cutmix": "0.5", "--cutmix_mode": "vertical",
              "--ema": "0.9", "--warmup_epochs": "1", "--clip_grad": "1.0", "--freeze_epochs": "1",
-             "--old_age": "58", "--drop_ages": "57-59", "--criterion": "focal", "--augmentation": "StrongAugmentation"}
+             "--old_age": "58", "--drop_ages": "57-59", "--criterion": "focal", "--augmentation": "StrongAugmentation",
+             "--scheduler": "cosine"}  # warmup is for the schedules that do not warm up themselves
     run_main(train, monkeypatch, "--data_dir", sample_data / "train/images", "--model_dir", tmp_path, *TINY,
              "--epochs", "2", *[part for pair in flags.items() for part in pair])
     config = json.loads((tmp_path / "exp/config.json").read_text())

@@ -85,10 +85,10 @@ def test_an_interrupted_build_leaves_no_cache_that_is_used(sample_data, tmp_path
     rewrite(paths[0], (20, 250, 20))
     decode = dataset.decode_image
 
-    def killed_on_the_last_photo(path, size=None):
+    def killed_on_the_last_photo(path, size=None, region=None, zoom=1.0):
         if path == stale.paths[-1]:
             raise KeyboardInterrupt
-        return decode(path, size)
+        return decode(path, size, region, zoom)
 
     monkeypatch.setattr(dataset, "decode_image", killed_on_the_last_photo)
     with pytest.raises(KeyboardInterrupt):
@@ -163,7 +163,7 @@ def test_validation_runs_under_the_training_autocast_and_memory_format():
             seen.append((autocast, images.is_contiguous(memory_format=torch.channels_last)))
             return super().forward(images)
 
-    model = Recorder("test_resnet")
+    model = Recorder("test_resnet", "single", COMPETITION)
     targets = torch.tensor([0, 3, 7, 17])
     photos = TensorDataset(torch.randint(0, 256, (4, 3, *RESIZE), dtype=torch.uint8), targets)
     photos.targets = targets.numpy()  # what validate() scores against
@@ -187,7 +187,7 @@ def test_last_pth_keeps_the_fp16_loss_scale_for_a_resume(tmp_path):
                                scaler=torch.amp.GradScaler("cpu", init_scale=scale))
 
     interrupted = training(scale=1024.0)  # as fp16 training backs its scale off from 65536 after overflows
-    progress = {"epoch": 1, "best_f1": 0.5, "epochs_without_improvement": 0, "history": []}
+    progress = {"epoch": 1, "best_score": 0.5, "epochs_without_improvement": 0, "history": []}
     train.save_epoch(tmp_path, args, interrupted, progress, {"val_f1": 0.5}, torch.zeros(2, NUM_CLASSES), True)
     resumed = training(scale=65536.0)
     assert train.restore_progress(tmp_path / "last.pth", resumed) == progress
