@@ -13,6 +13,9 @@
   included (end to end), against the same steps fed by a random uint8 batch already in memory, without jitter (the
   model alone), the best of two interleaved rounds each; the ratio says how much the data hold the model back.
 - inference: images/s at --batch_size and the median latency of one photo, in eval mode without gradients.
+- ONNX (`--onnx_variants`, on a CPU): the same model exported as export.py exports it (int8 calibrated on the cached
+  photos), each variant's images/s and median batch-1 latency beside eager's, all on `--onnx_threads` threads and
+  timed in turn within each round.
 - memory: the peak resident set of this process and of the finished loader workers after each part (the cache is
   a mapped file: its pages count where they are read), and the peak GPU memory of each part on CUDA.
 The last line is `loader_speedup X e2e_ratio Y`, for scripts.
@@ -30,11 +33,13 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
 import cli
+import export
 import train
 from augmentation import AUGMENTATIONS, MEAN, STD, create_batch_jitter, create_transform, decode_size
 from dataset import IMAGE_EXTENSIONS, NUM_CLASSES, ImageDataset, loader_options, open_cache, read_image
 from generate_sample import generate
-from model import AMP_DTYPES, autocast, check_amp, create_model, place_model, to_memory_format
+from exported import create_session
+from model import AMP_DTYPES, WithProbabilities, autocast, check_amp, create_model, place_model, to_memory_format
 
 PHOTOS_PER_PERSON = 7
 LATENCY_RUNS = 30
@@ -62,6 +67,11 @@ def get_args_parser():
                  help="torch device")
     cli.add_flag(model, "amp", default="off", choices=list(AMP_DTYPES), help="mixed precision, as train.py's")
     cli.add_flag(model, "channels_last", action="store_true", help="channels-last format, as train.py's")
+    onnx_group = parser.add_argument_group("onnx")
+    cli.add_flag(onnx_group, "onnx_variants", nargs="*", default=["fp32", "int8"], choices=list(export.VARIANTS),
+                 help="export.py's variants timed beside eager (none: skip)")
+    cli.add_flag(onnx_group, "onnx_threads", type=cli.positive_int, default=1,
+                 help="threads of eager and onnxruntime for the ONNX comparison")
     return parser
 
 
@@ -203,6 +213,26 @@ def compare_training(args, dataset, device):
     return model, end_to_end / model_only
 
 
+def compare_onnx(model, dataset, args, scratch):
+    """Prints images/s at --batch_size and median batch-1 ms of eager and of each ONNX variant, on --onnx_threads
+    threads, every runner timed in turn within each round (export.time_calls)."""
+    eager = WithProbabilities(model.cpu(), {"head": "single"}).eval()
+    config, paths = {"model": args.model, "head": "single", "resize": list(args.resize)}, {}
+    calibration = torch.stack([dataset[index][0] for index in range(min(len(dataset), args.batch_size))])
+    for variant in args.onnx_variants:
+        paths[variant] = scratch / export.VARIANTS[variant]
+    export.write_variants(eager, config, paths, calibration, args.batch_size)
+    sessions = {variant: create_session(path, args.onnx_threads) for variant, path in paths.items()}
+    timing = export.timing(eager, sessions, calibration, args.onnx_threads, warmup=3, latency_runs=LATENCY_RUNS,
+                           batch_size=args.batch_size, throughput_runs=args.steps)
+    for name, measured in timing.items():
+        size = f", {paths[name].stat().st_size / 1e6:.1f} MB" if name in paths else ""
+        print(f"{'onnx ' + name if name in paths else name + ' (cpu)':17} {measured['images_per_second']:8.1f} images/s "
+              f"at batch {len(calibration)}; one photo {measured['latency_ms']:.2f} ms "
+              f"({measured['latency_ms'] / timing['eager']['latency_ms']:.2f}x eager; {args.onnx_threads} thread(s)"
+              f"{size})")
+
+
 def main():
     args = get_args_parser().parse_args()
     args.resize, device = tuple(args.resize), torch.device(args.device)
@@ -217,6 +247,8 @@ def main():
         rate, latency = inference_rates(model, args, device)
         print(f"inference         {rate:8.1f} images/s at batch {args.batch_size}; one photo {latency:.1f} ms "
               f"(median of {LATENCY_RUNS}); {peak_memory(device)}")
+        if args.onnx_variants:
+            compare_onnx(model, dataset, args, Path(scratch))
     print(f"loader_speedup {loader_speedup:.2f} e2e_ratio {e2e_ratio:.2f}")
 
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 import cli
-from dataset import IMAGE_EXTENSIONS, decode_image
+from dataset import decode_image, find_photos
 from faces import MIN_FACE_SIZE, crop_box_pixels, detect_faces, grow
 from fileio import atomic_path, write_csv
 
@@ -46,12 +46,6 @@ def get_args_parser():
     cli.add_flag(detector, "device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
                  help="device of the detector (on a CPU the photos are spread over the cores)")
     return parser
-
-
-def find_photos(source):
-    """The photos under `source`, sorted, hidden files and folders left out."""
-    return sorted(path for path in source.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in path.relative_to(source).parts))
 
 
 def check_paths(args):

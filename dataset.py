@@ -251,6 +251,14 @@ def load_folds(csv_path, data_dir, fold):
     return frame
 
 
+def find_photos(folder):
+    """The photos (.jpg, .jpeg, .png) under `folder` at any depth, sorted by path, hidden files and folders left
+    out."""
+    folder = Path(folder)
+    return sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+
+
 def read_image(path):
     """The photo at `path` as an RGB PIL image, decoded as decode_image does."""
     return Image.fromarray(decode_image(path))
@@ -297,6 +305,14 @@ def decode_image(path, size=None, region=None, zoom=1.0):
     if size is not None and (box is not None or image.size != (size[1], size[0])):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
     return np.array(image)
+
+
+def crop_pixels(pixels, size, region):
+    """A uint8 (H, W, 3) array already decoded (a video frame) cut to `region` and resized to `size` as decode_image
+    cuts and resizes a photo."""
+    image = Image.fromarray(pixels)
+    box = crop_box_pixels(region, image.size, size)
+    return np.array(image.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box))
 
 
 def decode_chunk(items, size, zoom):

@@ -6,6 +6,7 @@
     python inference.py --fold 0          # the run's held-out fold of data/train/folds.csv: prints its macro F1
     python inference.py --cache off       # decode every photo anew, writing nothing beside the images
     python inference.py --data_dir photos/ --model_dir model/mask --sort_into sorted/ --min_confidence 0.8
+    python inference.py --onnx model/exp/model_int8.onnx  # an exported model (export.py), run by onnxruntime
 
 A folder without info.csv is a folder of photos (any depth): predictions.csv gets one row per photo (its path
 under the folder, the predicted class name, the confidence, one prob_<class> column per class), beside the usual
@@ -13,8 +14,9 @@ probabilities.csv, and `--sort_into DIR` files every photo under DIR/<predicted 
 `--sort_mode copy|move|symlink`, DIR/uncertain/ under `--min_confidence`, never overwriting).
 
 Each run is rebuilt from its own config.json (model, head, resize), so nothing from training has to be
-repeated. Several runs, or a parent folder of runs, are averaged (soft vote). output.csv is info.csv with
-`ans` filled, in info.csv's row order. probabilities.csv is the common currency of TTA and ensembles:
+repeated; `--onnx FILE` runs exported models instead (export.py; each file carries its scheme, size and crop), with
+onnxruntime on `--threads` threads. Several runs or models, or a parent folder of runs, are averaged (soft vote).
+output.csv is info.csv with `ans` filled, in info.csv's row order. probabilities.csv is the common currency of TTA and ensembles:
 `ImageID` followed by one column per class, `prob_0` ... `prob_17`, each row summing to 1.
 With `--fold K` the eval set is fold K of the folds CSV (ImageID = the photo's path under `--train_dir`):
 the same files are written and the macro F1 on that fold is printed, so TTA views and ensemble weights
@@ -35,12 +37,13 @@ from torch.utils.data import DataLoader
 
 import cli
 from augmentation import create_transform
-from dataset import (CACHE_MODES, COMPETITION, IMAGE_EXTENSIONS, ImageDataset, frame_scheme, load_folds,
+from dataset import (CACHE_MODES, COMPETITION, ImageDataset, find_photos, frame_scheme, load_folds,
                      loader_options, open_cache, run_scheme, training_targets)
 from evaluation import score
 from faces import BOX_COLUMNS, crop_regions, fallback_face, kept_boxes
 from fileio import load_checkpoint, read_csv, read_json, write_csv, write_csvs
 from model import AMP_DTYPES, HEADS, check_amp, create_model, load_weights, place_model, predict
+from exported import OnnxClassifier, read_config
 from sorting import SORT_MODES, sort_photos
 
 PROBABILITY_PREFIX = "prob_"
@@ -70,6 +73,8 @@ def add_common_flags(parser, fold_all=False):
     cli.add_flag(runtime, "amp", default="off", choices=list(AMP_DTYPES),
                  help="mixed precision: bf16 (GPU or CPU), fp16 (GPU), off")
     cli.add_flag(runtime, "channels_last", action="store_true", help="model and batches in channels-last format")
+    cli.add_flag(runtime, "threads", type=cli.non_negative_int, default=0,
+                 help="--onnx: onnxruntime's intra-op threads (0: its own choice, every core)")
     cli.add_flag(runtime, "cache", default="disk", choices=CACHE_MODES,
                  help="decoded photos: disk keeps them in --cache_dir for later calls, ram for this call, off "
                       "decodes each photo for each run")
@@ -95,6 +100,8 @@ def get_args_parser(description="Predict the eval set and write output.csv and p
     paths = add_common_flags(parser)
     cli.add_flag(paths, "model_dir", nargs="+", default=[cli.env_default("SM_CHANNEL_MODEL", "model/exp")],
                  help="run directories, or parents of run directories, to average (env SM_CHANNEL_MODEL)")
+    cli.add_flag(paths, "onnx", nargs="+", default=None, metavar="FILE",
+                 help="exported models (export.py) to average instead of --model_dir's runs, run by onnxruntime")
     sort = parser.add_argument_group("sorting a folder of photos")
     cli.add_flag(sort, "sort_into", default=None, metavar="DIR",
                  help="file every photo of a photo folder under DIR/<predicted class>/")
@@ -125,22 +132,49 @@ def find_runs(paths):
     return runs
 
 
-def load_run(run_dir, device, checkpoint="best", task="all", fold=None):
-    """(model, config) of a trained run, from its config.json and checkpoint.
+def find_models(args):
+    """What predicts: the exported models of --onnx, or else the runs of --model_dir (find_runs)."""
+    if getattr(args, "onnx", None):
+        return [Path(path) for path in args.onnx]
+    return find_runs(args.model_dir)
 
-    Refuses a run trained for another task than `task`, and, when scoring fold `fold`, a run that trained on it.
-    """
-    config = read_json(run_dir / "config.json", RUN_CONFIG_CHECKS)
+
+def is_onnx(source):
+    return Path(source).suffix == ".onnx"
+
+
+def source_config(source):
+    """The config of a run directory (its config.json) or of an exported model (its metadata)."""
+    if is_onnx(source):
+        return read_config(source)
+    if not (Path(source) / "config.json").is_file():
+        raise cli.UserError(f"{source} is not a run directory (no config.json): pass the folder train.py made")
+    return read_json(Path(source) / "config.json", RUN_CONFIG_CHECKS)
+
+
+def check_run(source, config, task="all", fold=None):
+    """Refuses a run (or exported model) trained for another task than `task`, and, when scoring fold `fold`, one
+    that trained on it."""
     run_task = config.get("task", "all")
     if run_task != task and task == "all":
-        raise cli.UserError(f"{run_dir} predicts the {run_task} task alone: compose mask, gender and age runs "
+        raise cli.UserError(f"{source} predicts the {run_task} task alone: compose mask, gender and age runs "
                             "into 18 classes with ensemble.py --mask RUN --gender RUN --age RUN")
     if run_task != task:
-        raise cli.UserError(f"{run_dir} was trained with --task {run_task}, not --task {task}: pass it "
+        raise cli.UserError(f"{source} was trained with --task {run_task}, not --task {task}: pass it "
                             + ("as an input to vote" if run_task == "all" else f"as --{run_task}"))
     if fold is not None and config.get("fold") != fold:
-        raise cli.UserError(f"{run_dir} held out fold {config.get('fold')}, not {fold}: it trained on fold {fold}, "
+        raise cli.UserError(f"{source} held out fold {config.get('fold')}, not {fold}: it trained on fold {fold}, "
                             f"so pass --fold {config.get('fold')} or a run that held out fold {fold}")
+
+
+def load_run(run_dir, device, checkpoint="best", task="all", fold=None, threads=0):
+    """(model, config) of a trained run, from its config.json and checkpoint, or of an exported .onnx model
+    (OnnxClassifier, on `threads` onnxruntime threads), checked by check_run."""
+    config = source_config(run_dir)
+    check_run(run_dir, config, task, fold)
+    if is_onnx(run_dir):
+        model = OnnxClassifier(run_dir, threads)
+        return model, model.config
     model = create_model(config, initial_weights=False)
     path = run_dir / f"{checkpoint}.pth"
     load_weights(model, load_checkpoint(path)["model"], path)
@@ -151,7 +185,8 @@ def read_info(eval_dir):
     """info.csv of the eval folder, checked for its ImageID column."""
     info_path = Path(eval_dir) / "info.csv"
     if not info_path.is_file():
-        raise cli.UserError(f"{info_path} does not exist: pass --data_dir or set SM_CHANNEL_EVAL")
+        raise cli.UserError(f"{info_path} does not exist: pass --data_dir or set SM_CHANNEL_EVAL (for a folder of "
+                            f"photos, pass that folder: {Path(eval_dir) / 'images'})")
     info = read_csv(info_path, dtype={"ImageID": str})
     if "ImageID" not in info.columns:
         raise cli.UserError(f"{info_path} lacks the ImageID column")
@@ -220,15 +255,17 @@ class FaceBoxes:
 
 
 def is_photo_folder(args):
-    """Whether the photos predicted are a plain folder of photos: no --fold, no info.csv."""
-    return args.fold is None and not (Path(args.data_dir) / "info.csv").is_file() and Path(args.data_dir).is_dir()
+    """Whether the photos predicted are a plain folder of photos: no --fold, no info.csv, and no images/ folder (an
+    eval set that lost its info.csv is refused, not predicted as photos)."""
+    data_dir = Path(args.data_dir)
+    return (args.fold is None and data_dir.is_dir() and not (data_dir / "info.csv").is_file()
+            and not (data_dir / "images").is_dir())
 
 
 def read_photo_folder(folder):
     """(info, paths) of every photo under `folder` (hidden files and folders left out), ImageID its path there."""
     folder = Path(folder)
-    paths = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-                   and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+    paths = find_photos(folder)
     if not paths:
         raise cli.UserError(f"no info.csv and no photos (.jpg, .jpeg, .png) in {folder}: pass an eval folder or "
                             "a folder of photos")
@@ -248,7 +285,7 @@ def read_images(args):
 def runs_scheme(run_dirs, args, task="all"):
     """The label scheme the runs predict (narrowed to `task`), checked: the same for every run, and the
     competition's for an eval set of info.csv, the folds CSV's for --fold."""
-    schemes = {run_dir: run_scheme(read_json(run_dir / "config.json", RUN_CONFIG_CHECKS)) for run_dir in run_dirs}
+    schemes = {run_dir: run_scheme(source_config(run_dir)) for run_dir in run_dirs}
     scheme = schemes[run_dirs[0]]
     for run_dir, other in schemes.items():
         if other != scheme:
@@ -295,7 +332,7 @@ def predict_runs(run_dirs, paths, args, device, task="all", predict_one=predict_
     check_amp(args.amp, device)
     faces, total = FaceBoxes(args, paths, device), 0
     for run_dir in run_dirs:
-        model, config = load_run(run_dir, device, args.checkpoint, task, args.fold)
+        model, config = load_run(run_dir, device, args.checkpoint, task, args.fold, args.threads)
         total = total + predict_one(place_model(model, device, args.channels_last), config, paths, args.batch_size,
                                     args.workers, device, cache=args.cache, cache_dir=cache_dir(args), amp=args.amp,
                                     channels_last=args.channels_last, regions=faces.regions(config))
@@ -393,7 +430,7 @@ def main():
     args = get_args_parser().parse_args()
     device = torch.device(args.device)
     info, paths, labels = read_images(args)
-    runs = find_runs(args.model_dir)
+    runs = find_models(args)
     scheme = runs_scheme(runs, args)
     answers = write_outputs(args, info, predict_runs(runs, paths, args, device), scheme)
     if labels is not None:

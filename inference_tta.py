@@ -27,7 +27,7 @@ import cli
 from augmentation import AUGMENTATIONS, MEAN, create_transform, to_unit_float
 from dataset import ImageDataset, open_cache, run_scheme, seeded_torch
 from inference import get_args_parser as get_inference_args_parser
-from inference import (find_runs, make_loader, predict_runs, print_held_out_score, read_images, runs_scheme,
+from inference import (find_models, make_loader, predict_runs, print_held_out_score, read_images, runs_scheme,
                        write_outputs)
 from model import autocast, logits_to_probabilities, to_memory_format
 
@@ -144,7 +144,7 @@ def main():
                           augmentation=args.tta_augmentation)
     device = torch.device(args.device)
     info, paths, labels = read_images(args)
-    runs = find_runs(args.model_dir)
+    runs = find_models(args)
     scheme = runs_scheme(runs, args)
     answers = write_outputs(args, info, predict_runs(runs, paths, args, device, predict_one=predict_one), scheme)
     if labels is not None:

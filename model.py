@@ -208,6 +208,13 @@ def to_memory_format(images, channels_last):
 
 
 @torch.no_grad()
+def predict_batch(model, images, head, scheme, device):
+    """Class probabilities (N, C) of one batch of images (uint8 or floats in [0, 1]), on the CPU."""
+    model.eval()
+    return logits_to_probabilities(model(images.to(device)).float(), head, scheme).cpu()
+
+
+@torch.no_grad()
 def predict(model, loader, head, scheme, device, criterion=None, amp="off", channels_last=False):
     """Class probabilities (N, C) of every image in loader order, the forward pass under `amp` autocast and in
     channels-last format if asked; with a criterion (and a loader that yields targets) also the mean loss."""
