@@ -170,20 +170,25 @@ def quantize_int8(fp32_path, path, calibration, batch_size, op_types=None):
                         nodes_to_exclude=nodes_after_last_matmul(onnx.load(str(prepared))))
 
 
+def build_variant(variant, fp32_path, calibration, batch_size, int8_ops, scratch):
+    """The ONNX model of one precision, made from the fp32 export."""
+    if variant == "fp32":
+        return onnx.load(str(fp32_path))
+    if variant == "fp16":
+        return convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    quantize_int8(fp32_path, scratch / "int8.onnx", calibration, batch_size, int8_ops)
+    return onnx.load(str(scratch / "int8.onnx"))
+
+
 def write_variants(eager, config, paths, calibration, batch_size=32, int8_ops=None):
     """Writes each variant of `paths` ({variant: path}) with the run's metadata; int8 is calibrated on the uint8
     photos of `calibration`, `batch_size` at a time, quantizing the op types `int8_ops` (None: all)."""
     with tempfile.TemporaryDirectory() as scratch:
-        fp32 = Path(scratch) / "fp32.onnx"
-        export_fp32(eager, config["resize"], fp32)
-        built = {"fp32": lambda: onnx.load(str(fp32)),
-                 "fp16": lambda: convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)}
+        fp32_path = Path(scratch) / "fp32.onnx"
+        export_fp32(eager, config["resize"], fp32_path)
         for variant, path in paths.items():
-            if variant == "int8":
-                quantize_int8(fp32, Path(scratch) / "int8.onnx", calibration, batch_size, int8_ops)
-                proto = onnx.load(str(Path(scratch) / "int8.onnx"))
-            else:
-                proto = built[variant]()
+            print(f"writing the {variant} model", flush=True)
+            proto = build_variant(variant, fp32_path, calibration, batch_size, int8_ops, Path(scratch))
             onnx.save(with_metadata(proto, config, variant), path)
 
 
@@ -260,16 +265,36 @@ def cpu_description():
 
 
 def report_rows(sizes, checks, timings, args):
-    """One row per variant of `checks` (eager first): size, latency and its ratio to eager, throughput, scores, targets met."""
-    eager_ms = timings["eager"]["latency_ms"]
+    """One row per variant of `checks` (eager first): size, latency and its ratio to eager's, throughput, scores,
+    whether it meets the targets."""
     rows = []
-    for name in checks:  # eager first
-        row = {"variant": name, "file_mb": sizes.get(name), **timings[name],
-               "latency_ratio": timings[name]["latency_ms"] / eager_ms, **checks.get(name, {})}
-        row["meets_targets"] = (name != "eager" and row["file_mb"] <= args.max_mb
-                                and row["latency_ms"] <= args.max_ms)
+    for name in checks:
+        row = {"variant": name, "file_mb": sizes[name], **timings[name],
+               "latency_ratio": timings[name]["latency_ms"] / timings["eager"]["latency_ms"], **checks[name]}
+        row["meets_targets"] = name != "eager" and row["file_mb"] <= args.max_mb and row["latency_ms"] <= args.max_ms
         rows.append(row)
     return rows
+
+
+def build_report(args, config, model, eager, written, valid_images, targets, calibration):
+    """Every written variant ({variant: path}) checked (check_variant) and timed beside eager: the report."""
+    scheme = run_scheme(config)
+    eager_valid = eager_probabilities(eager, valid_images, args.batch_size)
+    sessions = {variant: create_session(path, args.threads) for variant, path in written.items()}
+    eager_scores = score(targets, eager_valid.argmax(axis=1), scheme)
+    checks = {"eager": {"accuracy": eager_scores["accuracy"], "f1": eager_scores["f1"]},
+              **{variant: check_variant(variant, path, sessions[variant], eager, valid_images, eager_valid, targets,
+                                        scheme, args) for variant, path in written.items()}}
+    print("timing eager and " + ", ".join(written), flush=True)
+    timings = timing(eager, sessions, valid_images, args.threads, args.warmup, args.latency_runs, args.batch_size,
+                     args.throughput_runs)
+    weights_mb = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values()) / 1e6
+    sizes = {"eager": weights_mb, **{variant: path.stat().st_size / 1e6 for variant, path in written.items()}}
+    rows = report_rows(sizes, checks, timings, args)
+    return {"run": str(args.run_dir), "checkpoint": args.checkpoint, "resize": config["resize"],
+            "validation_photos": len(valid_images), "calibration_photos": len(calibration), "threads": args.threads,
+            "batch_size": args.batch_size, "max_mb": args.max_mb, "max_ms": args.max_ms, **cpu_description(),
+            "variants": rows, "meeting_targets": [row["variant"] for row in rows if row["meets_targets"]]}
 
 
 def markdown_table(report):
@@ -279,7 +304,7 @@ def markdown_table(report):
               f"≤ {report['max_ms']:g} ms |\n|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for row in report["variants"]:
-        size = "—" if row["file_mb"] is None else f"{row['file_mb']:.1f}"
+        size = f"{row['file_mb']:.1f}"
         scores = [f"{row[key]:.4f}" if key in row else "—" for key in ("accuracy", "f1", "agreement")]
         meets = "—" if row["variant"] == "eager" else ("yes" if row["meets_targets"] else "no")
         lines.append(f"| {row['variant']} | {size} | {row['latency_ms']:.2f} / {row['latency_p90_ms']:.2f} | "
@@ -287,7 +312,7 @@ def markdown_table(report):
     vnni = {True: "with", False: "without", None: "unknown"}[report["avx512_vnni"]]
     return (f"{report['run']}: {report['validation_photos']} validation photos at {report['resize'][0]}×"
             f"{report['resize'][1]}, {report['threads']} thread(s), {report['cpu']} ({vnni} AVX512-VNNI)\n\n"
-            + header + "\n".join(lines) + "\n")
+            + header + "\n".join(lines) + "\n\neager: the PyTorch model in the same process (MB: its fp32 weights)\n")
 
 
 def main():
@@ -303,22 +328,7 @@ def main():
         written = dict(zip(paths, map(Path, temporaries)))
         print(f"exporting {args.run_dir} ({config['model']}, {config['head']} head) as {', '.join(paths)}")
         write_variants(eager, config, written, calibration, args.batch_size, args.int8_ops)
-        eager_valid = eager_probabilities(eager, valid_images, args.batch_size)
-        sessions = {variant: create_session(path, args.threads) for variant, path in written.items()}
-        checks = {variant: check_variant(variant, written[variant], sessions[variant], eager, valid_images,
-                                         eager_valid, targets, run_scheme(config), args) for variant in written}
-        timings = timing(eager, sessions, valid_images, args.threads, args.warmup, args.latency_runs, args.batch_size,
-                         args.throughput_runs)
-        eager_scores = score(targets, eager_valid.argmax(axis=1), run_scheme(config))
-        checks_with_eager = {"eager": {"accuracy": eager_scores["accuracy"], "f1": eager_scores["f1"]}, **checks}
-        sizes = {"eager": sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values()) / 1e6,
-                 **{variant: path.stat().st_size / 1e6 for variant, path in written.items()}}
-        report = {"run": str(args.run_dir), "checkpoint": args.checkpoint, "resize": config["resize"],
-                  "validation_photos": len(valid_images), "calibration_photos": len(calibration),
-                  "threads": args.threads, "batch_size": args.batch_size, "max_mb": args.max_mb,
-                  "max_ms": args.max_ms, **cpu_description(),
-                  "variants": report_rows(sizes, checks_with_eager, timings, args)}
-        report["meeting_targets"] = [row["variant"] for row in report["variants"] if row["meets_targets"]]
+        report = build_report(args, config, model, eager, written, valid_images, targets, calibration)
         Path(temporaries[-2]).write_text(json.dumps(report, indent=2) + "\n")
         Path(temporaries[-1]).write_text(markdown_table(report))
     print(markdown_table(report))

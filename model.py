@@ -58,11 +58,14 @@ def build_classifier_network(library, name, pretrained):
 
 
 def load_pretrained_file(network, path):
-    """Loads a local weights file into the network, ignoring tensors whose shape differs (the classifier)."""
+    """Loads a local weights file into the network, ignoring tensors whose shape differs (the classifier). The file
+    is a library's state_dict (one under `state_dict` or `model` too) or a checkpoint of this toolkit, whose
+    `backbone.` weights start the new run (fine-tuning one run's network on another data set)."""
     state = load_checkpoint(path, keys=())  # any weights file: a bare state_dict, or one under state_dict or model
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    state = {key.removeprefix("backbone."): value for key, value in state.items()}
     own = network.state_dict()
     matching = {key: value for key, value in state.items()
                 if key in own and isinstance(value, torch.Tensor) and own[key].shape == value.shape}

@@ -27,6 +27,7 @@ import itertools
 import platform
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -208,7 +209,7 @@ class Annotator:
 
 class VideoWriter:
     """Frames encoded into an MP4 file at `path` (H.264, yuv420p, `rate` frames/s), its size taken from the first
-    frame (trimmed to even sides, as yuv420p needs)."""
+    frame, trimmed to even sides as yuv420p needs (later frames of another size, a photo folder's, are resized)."""
 
     def __init__(self, path, rate):
         self.path, self.rate, self.container = path, rate, None
@@ -216,11 +217,13 @@ class VideoWriter:
     def write(self, frame):
         if self.container is None:
             self.container = av.open(str(self.path), "w", format="mp4")
-            self.stream = self.container.add_stream("libx264", rate=max(1, round(self.rate)))
+            self.stream = self.container.add_stream("libx264", rate=Fraction(self.rate).limit_denominator(1001))
             self.stream.height, self.stream.width = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
             self.stream.pix_fmt = "yuv420p"
-        even = np.ascontiguousarray(frame[:self.stream.height, :self.stream.width])
-        self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(even, format="rgb24")))
+        if frame.shape[:2] != (self.stream.height, self.stream.width):
+            frame = np.asarray(Image.fromarray(frame).resize((self.stream.width, self.stream.height)))
+        image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        self.container.mux(self.stream.encode(image))
 
     def close(self):
         if self.container is not None:

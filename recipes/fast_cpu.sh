@@ -14,7 +14,8 @@ PYTHON="${PYTHON:-python}"
 
 "$PYTHON" "$ROOT/preprocess.py" --kfold "${KFOLD:-5}" ${CORRECTIONS:+--corrections "$CORRECTIONS"}
 "$PYTHON" "$ROOT/train.py" --name fast_cpu --fold all \
-    --model resnet18 --resize 128 96 --crop face --face_margin 0.4 --epochs 8 --batch_size 32 --lr 3e-3 --scheduler cosine --warmup_epochs 1 \
+    --model resnet18 --head multi --resize 128 96 --crop face --face_margin 0.4 --epochs 8 --batch_size 32 \
+    --optimizer adamw --lr 3e-3 --scheduler onecycle \
     --sampler weighted --old_age 58 --criterion focal --focal_gamma 2 \
-    --cutmix 0.5 --cutmix_mode vertical --cutmix_ratio 0.46 0.54 --clip_grad 5 \
+    --cutmix 0.5 --cutmix_mode vertical --cutmix_ratio 0.46 0.54 \
     "$@"

@@ -5,7 +5,7 @@ import torch
 
 from cli import UserError
 from conftest import assert_one_line_error, run_script
-from dataset import COMPETITION, NUM_CLASSES, decode_label, target_scheme
+from dataset import COMPETITION, NUM_CLASSES, decode_label, folder_scheme, target_scheme
 from model import MaskClassifier, create_backbone, logits_to_probabilities, resolve_library
 
 IMAGES = torch.randn(2, 3, 64, 48)
@@ -53,6 +53,16 @@ def test_pretrained_path_loads_local_weights(tmp_path):
     backbone, _ = create_backbone("test_resnet", pretrained_path=tmp_path / "weights.pth")
     first = next(iter(reference.state_dict()))
     assert torch.equal(backbone.state_dict()[first], reference.state_dict()[first])
+
+
+def test_pretrained_path_takes_the_backbone_of_another_runs_checkpoint(tmp_path):
+    trained = MaskClassifier("test_resnet", "multi", COMPETITION)
+    torch.save({"model": trained.state_dict(), "epoch": 3}, tmp_path / "best.pth")
+    started = MaskClassifier("test_resnet", "single", folder_scheme(["mask", "no_mask"]),
+                             pretrained_path=tmp_path / "best.pth")
+    backbone = {key: value for key, value in started.state_dict().items() if key.startswith("backbone.")}
+    assert backbone and all(torch.equal(value, trained.state_dict()[key]) for key, value in backbone.items())
+    assert started.head.weight.shape[0] == 2  # the head is the new scheme's, not the checkpoint's
 
 
 def test_pretrained_offline_fails_with_a_one_line_hint(sample_data, tmp_path):
