@@ -1,4 +1,6 @@
 """stream.py: every face of every processed frame classified, tracked and written to faces.csv and annotated.mp4."""
+from types import SimpleNamespace
+
 import av
 import numpy as np
 import pandas as pd
@@ -9,7 +11,7 @@ from skimage.data import astronaut
 from conftest import assert_one_line_error, run_script
 from dataset import decode_image
 from faces import create_detector, faces_in
-from stream import Tracks, box_overlap
+from stream import Tracks, VideoWriter, annotate, box_overlap
 
 TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
                  "--workers", "0"]
@@ -136,3 +138,22 @@ def test_tracks_follow_overlapping_boxes_and_smooth_their_labels():
     third, _ = tracks.update([(200, 200, 210, 210)], [np.array([1.0, 0.0])])
     assert third[0] not in first
     assert box_overlap((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+
+
+def test_ctrl_c_ends_the_stream_keeping_every_frame_seen(tmp_path):
+    def camera():  # a camera stream stopped by the user after three frames
+        for index in range(3):
+            yield np.full((HEIGHT, WIDTH, 3), 40 * index, np.uint8), None
+        raise KeyboardInterrupt
+
+    def analyse(frame, index, seconds):
+        return [{"frame": index, "time": seconds, "track": 0, "x1": 10, "y1": 10, "x2": 60, "y2": 60, "score": 1.0,
+                 "label": "face", "confidence": 0.9}]
+
+    analyse.classes = ["face"]
+    writer = VideoWriter(tmp_path / "annotated.mp4", rate=5)
+    rows, seen, processed = annotate(camera(), SimpleNamespace(max_frames=None, every=1), 5, None, writer, analyse)
+    writer.close()
+    assert (seen, processed, [row["frame"] for row in rows]) == (3, 3, [0, 1, 2])
+    assert [row["time"] for row in rows] == [0.0, 0.2, 0.4]  # a stream without timestamps: index / rate
+    assert len(read_video(tmp_path / "annotated.mp4")) == 3
