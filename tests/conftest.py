@@ -32,3 +32,21 @@ def sample_data(tmp_path_factory):
     generate(root, people=20, eval_people=4, seed=0)
     assert run_script("preprocess.py", "--data_dir", root / "train/images").returncode == 0
     return root
+
+
+TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
+                 "--workers", "0"]
+QUICK_EXPORT = ["--latency_runs", "3", "--warmup", "1", "--throughput_runs", "1", "--calibration", "16"]
+
+
+@pytest.fixture(scope="session")
+def exported(sample_data, tmp_path_factory):
+    """A tiny run trained on the sample set and exported by export.py in all three precisions into its directory:
+    (run directory, export.py's CompletedProcess)."""
+    model_dir = tmp_path_factory.mktemp("exported")
+    result = run_script("train.py", "--data_dir", sample_data / "train/images", "--model_dir", model_dir,
+                        *TINY_TRAINING)
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_script("export.py", model_dir / "exp", *QUICK_EXPORT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir / "exp", result

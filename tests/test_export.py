@@ -11,29 +11,12 @@ import pytest
 import torch
 
 from cli import UserError
-from conftest import assert_one_line_error, run_script
+from conftest import QUICK_EXPORT, assert_one_line_error, run_script
 from dataset import COMPETITION
 from export import check_variant
 from exported import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxClassifier, create_session, read_config
 from inference import load_run
 from model import WithProbabilities
-
-TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
-                 "--workers", "0"]
-QUICK_EXPORT = ["--latency_runs", "3", "--warmup", "1", "--throughput_runs", "1", "--calibration", "16"]
-
-
-@pytest.fixture(scope="module")
-def exported(sample_data, tmp_path_factory):
-    """A tiny trained run, exported in all three precisions into its own directory."""
-    model_dir = tmp_path_factory.mktemp("model")
-    result = run_script("train.py", "--data_dir", sample_data / "train/images", "--model_dir", model_dir,
-                        *TINY_TRAINING)
-    assert result.returncode == 0, result.stderr[-2000:]
-    run = model_dir / "exp"
-    result = run_script("export.py", run, *QUICK_EXPORT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run, result
 
 
 def eager_model(run):
