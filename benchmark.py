@@ -227,7 +227,8 @@ def compare_onnx(model, dataset, args, scratch):
                            batch_size=args.batch_size, throughput_runs=args.steps)
     for name, measured in timing.items():
         size = f", {paths[name].stat().st_size / 1e6:.1f} MB" if name in paths else ""
-        print(f"{'onnx ' + name if name in paths else name + ' (cpu)':17} {measured['images_per_second']:8.1f} images/s "
+        label = f"onnx {name}" if name in paths else f"{name} (cpu)"
+        print(f"{label:17} {measured['images_per_second']:8.1f} images/s "
               f"at batch {len(calibration)}; one photo {measured['latency_ms']:.2f} ms "
               f"({measured['latency_ms'] / timing['eager']['latency_ms']:.2f}x eager; {args.onnx_threads} thread(s)"
               f"{size})")

@@ -16,8 +16,8 @@ probabilities.csv, and `--sort_into DIR` files every photo under DIR/<predicted 
 Each run is rebuilt from its own config.json (model, head, resize), so nothing from training has to be
 repeated; `--onnx FILE` runs exported models instead (export.py; each file carries its scheme, size and crop), with
 onnxruntime on `--threads` threads. Several runs or models, or a parent folder of runs, are averaged (soft vote).
-output.csv is info.csv with `ans` filled, in info.csv's row order. probabilities.csv is the common currency of TTA and ensembles:
-`ImageID` followed by one column per class, `prob_0` ... `prob_17`, each row summing to 1.
+output.csv is info.csv with `ans` filled, in info.csv's row order. probabilities.csv is the common currency of TTA
+and ensembles: `ImageID` followed by one column per class, `prob_0` ... `prob_17`, each row summing to 1.
 With `--fold K` the eval set is fold K of the folds CSV (ImageID = the photo's path under `--train_dir`):
 the same files are written and the macro F1 on that fold is printed, so TTA views and ensemble weights
 are chosen on validation rather than on the leaderboard. Each photo is decoded once at each run's --resize into

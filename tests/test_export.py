@@ -13,10 +13,14 @@ import torch
 from cli import UserError
 from conftest import QUICK_EXPORT, assert_one_line_error, run_script
 from dataset import COMPETITION
-from export import check_variant
+from export import VARIANTS, check_variant
 from exported import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxClassifier, create_session, read_config
 from inference import load_run
 from model import WithProbabilities
+
+
+def random_photos(count, size, seed=0):
+    return torch.randint(0, 256, (count, 3, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
 def eager_model(run):
@@ -28,7 +32,7 @@ def eager_model(run):
 def test_the_fp32_export_gives_eager_probabilities_at_any_batch(exported, batch):
     run, _ = exported
     eager, config = eager_model(run)
-    images = torch.randint(0, 256, (batch, 3, *config["resize"]), dtype=torch.uint8, generator=torch.Generator().manual_seed(batch))
+    images = random_photos(batch, config["resize"], seed=batch)
     with torch.no_grad():
         expected = eager(images).numpy()
     produced = create_session(run / "model.onnx").run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
@@ -39,7 +43,7 @@ def test_the_fp32_export_gives_eager_probabilities_at_any_batch(exported, batch)
 def test_fp16_loads_and_agrees_and_int8_is_the_smallest(exported):
     run, _ = exported
     eager, config = eager_model(run)
-    images = torch.randint(0, 256, (8, 3, *config["resize"]), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = random_photos(8, config["resize"], seed=0)
     with torch.no_grad():
         expected = eager(images).numpy()
     half = create_session(run / "model_fp16.onnx").run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
@@ -69,7 +73,7 @@ def test_the_report_lists_every_variant_with_its_measures_and_targets(exported):
     assert list(rows) == ["eager", "fp32", "fp16", "int8"]
     for name in ("fp32", "fp16", "int8"):
         row = rows[name]
-        assert row["file_mb"] == pytest.approx((run / f"model{'' if name == 'fp32' else '_' + name}.onnx").stat().st_size / 1e6)
+        assert row["file_mb"] == pytest.approx((run / VARIANTS[name]).stat().st_size / 1e6)
         assert 0 < row["latency_ms"] <= row["latency_p90_ms"] and row["images_per_second"] > 0
         assert row["agreement"] >= 0.99 if name != "int8" else 0 <= row["agreement"] <= 1
         assert row["meets_targets"] == (row["file_mb"] <= report["max_mb"] and row["latency_ms"] <= report["max_ms"])
@@ -93,7 +97,7 @@ def test_targets_out_of_reach_are_met_by_no_variant(exported, tmp_path):
 def test_a_variant_that_disagrees_with_eager_is_refused(exported, sample_data):
     run, _ = exported
     eager, config = eager_model(run)
-    images = torch.randint(0, 256, (16, 3, *config["resize"]), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    images = random_photos(16, config["resize"], seed=1)
     with torch.no_grad():
         eager_probabilities = eager(images).numpy()
     torch.manual_seed(123)
@@ -140,7 +144,8 @@ def test_onnx_sorts_a_photo_folder_as_eager_does(exported, sample_data, tmp_path
     onnx_run = run_script("inference.py", *common, "--onnx", run / "model.onnx", "--output_dir",
                           tmp_path / "onnx", "--sort_into", tmp_path / "sorted_onnx")
     assert eager.returncode == 0 and onnx_run.returncode == 0, (eager.stderr + onnx_run.stderr)[-3000:]
-    eager_predictions, onnx_predictions = (pd.read_csv(tmp_path / name / "predictions.csv") for name in ("eager", "onnx"))
+    eager_predictions, onnx_predictions = (pd.read_csv(tmp_path / name / "predictions.csv")
+                                           for name in ("eager", "onnx"))
     pd.testing.assert_series_equal(onnx_predictions["predicted"], eager_predictions["predicted"])
 
     def tree(folder):
