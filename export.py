@@ -45,7 +45,7 @@ from dataset import CACHE_MODES, ImageDataset, load_folds, open_cache, run_schem
 from evaluation import score
 from faces import crop_regions
 from fileio import atomic_paths
-from inference import load_run, source_config
+from inference import load_run
 from model import WithProbabilities
 from exported import INPUT_NAME, OUTPUT_NAME, create_session, with_metadata
 
@@ -318,8 +318,7 @@ def markdown_table(report):
 def main():
     args = get_args_parser().parse_args()
     check_run_dir(args.run_dir)
-    task = source_config(args.run_dir).get("task", "all")  # a --task run exports too
-    model, config = load_run(args.run_dir, torch.device("cpu"), args.checkpoint, task)
+    model, config = load_run(args.run_dir, torch.device("cpu"), args.checkpoint, task=None)  # a --task run too
     eager = WithProbabilities(model, config).eval()
     valid_images, targets, calibration = fold_photos(config, args)
     output_dir = args.output_dir or args.run_dir

@@ -42,8 +42,8 @@ from dataset import (CACHE_MODES, COMPETITION, ImageDataset, find_photos, frame_
 from evaluation import score
 from faces import BOX_COLUMNS, crop_regions, fallback_face, kept_boxes
 from fileio import load_checkpoint, read_csv, read_json, write_csv, write_csvs
-from model import AMP_DTYPES, HEADS, check_amp, create_model, load_weights, place_model, predict
 from exported import OnnxClassifier, read_config
+from model import AMP_DTYPES, HEADS, check_amp, create_model, load_weights, place_model, predict
 from sorting import SORT_MODES, sort_photos
 
 PROBABILITY_PREFIX = "prob_"
@@ -73,8 +73,6 @@ def add_common_flags(parser, fold_all=False):
     cli.add_flag(runtime, "amp", default="off", choices=list(AMP_DTYPES),
                  help="mixed precision: bf16 (GPU or CPU), fp16 (GPU), off")
     cli.add_flag(runtime, "channels_last", action="store_true", help="model and batches in channels-last format")
-    cli.add_flag(runtime, "threads", type=cli.non_negative_int, default=0,
-                 help="--onnx: onnxruntime's intra-op threads (0: its own choice, every core)")
     cli.add_flag(runtime, "cache", default="disk", choices=CACHE_MODES,
                  help="decoded photos: disk keeps them in --cache_dir for later calls, ram for this call, off "
                       "decodes each photo for each run")
@@ -102,6 +100,8 @@ def get_args_parser(description="Predict the eval set and write output.csv and p
                  help="run directories, or parents of run directories, to average (env SM_CHANNEL_MODEL)")
     cli.add_flag(paths, "onnx", nargs="+", default=None, metavar="FILE",
                  help="exported models (export.py) to average instead of --model_dir's runs, run by onnxruntime")
+    cli.add_flag(paths, "threads", type=cli.non_negative_int, default=0,
+                 help="--onnx: onnxruntime's intra-op threads (0: its own choice, every core)")
     sort = parser.add_argument_group("sorting a folder of photos")
     cli.add_flag(sort, "sort_into", default=None, metavar="DIR",
                  help="file every photo of a photo folder under DIR/<predicted class>/")
@@ -134,7 +134,7 @@ def find_runs(paths):
 
 def find_models(args):
     """What predicts: the exported models of --onnx, or else the runs of --model_dir (find_runs)."""
-    if getattr(args, "onnx", None):
+    if args.onnx:
         return [Path(path) for path in args.onnx]
     return find_runs(args.model_dir)
 
@@ -153,13 +153,13 @@ def source_config(source):
 
 
 def check_run(source, config, task="all", fold=None):
-    """Refuses a run (or exported model) trained for another task than `task`, and, when scoring fold `fold`, one
-    that trained on it."""
+    """Refuses a run (or exported model) trained for another task than `task` (None: whatever task it predicts),
+    and, when scoring fold `fold`, one that trained on it."""
     run_task = config.get("task", "all")
-    if run_task != task and task == "all":
-        raise cli.UserError(f"{source} predicts the {run_task} task alone: compose mask, gender and age runs "
-                            "into 18 classes with ensemble.py --mask RUN --gender RUN --age RUN")
-    if run_task != task:
+    if task is not None and run_task != task:
+        if task == "all":
+            raise cli.UserError(f"{source} predicts the {run_task} task alone: compose mask, gender and age runs "
+                                "into 18 classes with ensemble.py --mask RUN --gender RUN --age RUN")
         raise cli.UserError(f"{source} was trained with --task {run_task}, not --task {task}: pass it "
                             + ("as an input to vote" if run_task == "all" else f"as --{run_task}"))
     if fold is not None and config.get("fold") != fold:
@@ -332,7 +332,8 @@ def predict_runs(run_dirs, paths, args, device, task="all", predict_one=predict_
     check_amp(args.amp, device)
     faces, total = FaceBoxes(args, paths, device), 0
     for run_dir in run_dirs:
-        model, config = load_run(run_dir, device, args.checkpoint, task, args.fold, args.threads)
+        model, config = load_run(run_dir, device, args.checkpoint, task, args.fold,
+                                 getattr(args, "threads", 0))  # ensemble.py votes over runs, never ONNX files
         total = total + predict_one(place_model(model, device, args.channels_last), config, paths, args.batch_size,
                                     args.workers, device, cache=args.cache, cache_dir=cache_dir(args), amp=args.amp,
                                     channels_last=args.channels_last, regions=faces.regions(config))

@@ -41,10 +41,10 @@ import cli
 from dataset import crop_pixels, decode_image, find_photos, run_scheme
 from faces import MIN_FACE_SIZE, create_detector, faces_in, grow
 from fileio import atomic_path, write_csv
-from inference import load_run, source_config
+from inference import load_run
 from model import predict_batch
 
-DEFAULT_MARGIN = 0.4  # runs trained on whole photos have no face margin: crop their faces as train.py's default does
+DEFAULT_MARGIN = 0.4  # train.py's --face_margin, for exported configs of runs older than the flag
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324",
            "#800000"]
 
@@ -86,11 +86,10 @@ def load_classifier(args, device):
     if (args.model_dir is None) == (args.onnx is None):
         raise cli.UserError("pass the classifier: --model_dir RUN_DIR or --onnx FILE (one of them)")
     source = Path(args.onnx or args.model_dir)
-    task = source_config(source).get("task", "all")  # a run of one task streams that task's classes
-    model, config = load_run(source, device, args.checkpoint, task, threads=args.threads)
+    model, config = load_run(source, device, args.checkpoint, task=None, threads=args.threads)  # any task's classes
     if config.get("crop", "none") != "face":
         print(f"{source} was trained on {config.get('crop', 'none')} crops, not faces: its faces are cropped with a "
-              f"margin of {DEFAULT_MARGIN}, and its labels may be off", file=sys.stderr)
+              f"margin of {face_margin(config)}, and its labels may be off", file=sys.stderr)
     return model.eval(), config
 
 
@@ -231,23 +230,27 @@ class VideoWriter:
             self.container.close()
 
 
-def classify_faces(model, config, frame, faces, device):
+def face_margin(config):
+    """The run's --face_margin, or train.py's default for a config that has none."""
+    margin = config.get("face_margin")
+    return DEFAULT_MARGIN if margin is None else margin
+
+
+def classify_faces(model, config, scheme, frame, faces, device):
     """Each face's class probabilities: its box grown by the run's margin, cropped and resized as at training."""
-    size, margin = tuple(config["resize"]), config.get("face_margin")
-    margin = DEFAULT_MARGIN if margin is None else margin
-    regions = grow([box for box, _ in faces], margin)
+    size, regions = tuple(config["resize"]), grow([box for box, _ in faces], face_margin(config))
     crops = torch.stack([torch.from_numpy(crop_pixels(frame, size, region)).permute(2, 0, 1) for region in regions])
-    return predict_batch(model, crops, config["head"], run_scheme(config), device).numpy()
+    return predict_batch(model, crops, config["head"], scheme, device).numpy()
 
 
-def process(frame, frame_index, seconds, *, detector, model, config, tracks, args, device):
+def process(frame, frame_index, seconds, *, detector, model, config, scheme, tracks, args, device):
     """The CSV rows of one processed frame: its faces, classified and tracked."""
     found = [face for face in faces_in(detector, [frame])[0] if face[1] >= args.min_score][:args.max_faces]
     if not found:
         tracks.update([], [])
         return []
-    classes = run_scheme(config).classes
-    probabilities = classify_faces(model, config, frame, found, device)
+    classes = scheme.classes
+    probabilities = classify_faces(model, config, scheme, frame, found, device)
     height, width = frame.shape[:2]
     boxes = [tuple(np.asarray(box) * [width, height, width, height]) for box, _ in found]
     numbers, smoothed = tracks.update(boxes, probabilities)
@@ -258,9 +261,9 @@ def process(frame, frame_index, seconds, *, detector, model, config, tracks, arg
             for (_, detection_score), box, track, mean, vector in zip(found, boxes, numbers, smoothed, probabilities)]
 
 
-def annotate(frames, args, rate, total, writer, analyse):
+def annotate(frames, args, rate, total, writer, analyse, classes):
     """Feeds every frame (up to --max_frames) to `analyse` every --every frames and writes it annotated with the
-    faces last found; returns (CSV rows, frames seen, frames processed). Ctrl-C ends the stream, keeping what was
+    faces last found (boxes coloured by their label among `classes`); returns (CSV rows, frames seen, frames processed). Ctrl-C ends the stream, keeping what was
     seen."""
     rows, shown, annotator, seen, processed = [], [], None, 0, 0
     try:
@@ -270,7 +273,7 @@ def annotate(frames, args, rate, total, writer, analyse):
                 shown = analyse(frame, index, index / rate if seconds is None else seconds)
                 rows.extend(shown)
                 processed += 1
-            annotator = annotator or Annotator(analyse.classes, frame.shape[0])
+            annotator = annotator or Annotator(classes, frame.shape[0])
             writer.write(annotator.draw(frame, shown))
             seen += 1
     except KeyboardInterrupt:
@@ -284,29 +287,29 @@ def main():
     model, config = load_classifier(args, device)
     frames, rate, count = open_source(args)
     detector, tracks = create_detector(device, args.min_face_size), Tracks(args.iou, args.smooth)
-    analyse = functools.partial(process, detector=detector, model=model, config=config, tracks=tracks, args=args,
-                                device=device)
-    analyse.classes = run_scheme(config).classes
+    scheme = run_scheme(config)
+    analyse = functools.partial(process, detector=detector, model=model, config=config, scheme=scheme, tracks=tracks,
+                                args=args, device=device)
     output_dir, started = Path(args.output_dir), time.perf_counter()
     total = min(filter(None, (count, args.max_frames)), default=None)
     with atomic_path(output_dir / "annotated.mp4") as temporary:  # a failed stream leaves no half video
         writer = VideoWriter(temporary, rate)
         try:
-            rows, seen, processed = annotate(frames, args, rate, total, writer, analyse)
+            rows, seen, processed = annotate(frames, args, rate, total, writer, analyse, scheme.classes)
         finally:
             writer.close()
         if not seen:
             raise cli.UserError(f"{args.source} gave no frame")
-    write_csv(pd.DataFrame(rows, columns=csv_columns(config)), output_dir / "faces.csv")
+    write_csv(pd.DataFrame(rows, columns=csv_columns(scheme.classes)), output_dir / "faces.csv")
     seconds = time.perf_counter() - started
     print(f"{seen} frames ({processed} processed, {len(rows)} faces) in {seconds:.1f} s: {seen / seconds:.1f} "
           f"frames/s, {processed / seconds:.1f} processed frames/s; wrote {output_dir / 'annotated.mp4'} and "
           f"{output_dir / 'faces.csv'}")
 
 
-def csv_columns(config):
+def csv_columns(classes):
     return ["frame", "time", "track", "x1", "y1", "x2", "y2", "score", "label", "confidence",
-            *(f"prob_{name}" for name in run_scheme(config).classes)]
+            *(f"prob_{name}" for name in classes)]
 
 
 if __name__ == "__main__":

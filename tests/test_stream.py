@@ -143,9 +143,9 @@ def test_ctrl_c_ends_the_stream_keeping_every_frame_seen(tmp_path):
         return [{"frame": index, "time": seconds, "track": 0, "x1": 10, "y1": 10, "x2": 60, "y2": 60, "score": 1.0,
                  "label": "face", "confidence": 0.9}]
 
-    analyse.classes = ["face"]
     writer = VideoWriter(tmp_path / "annotated.mp4", rate=5)
-    rows, seen, processed = annotate(camera(), SimpleNamespace(max_frames=None, every=1), 5, None, writer, analyse)
+    rows, seen, processed = annotate(camera(), SimpleNamespace(max_frames=None, every=1), 5, None, writer, analyse,
+                                     ["face"])
     writer.close()
     assert (seen, processed, [row["frame"] for row in rows]) == (3, 3, [0, 1, 2])
     assert [row["time"] for row in rows] == [0.0, 0.2, 0.4]  # a stream without timestamps: index / rate
