@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   set up, generate the sample set, preprocess -> train -> inference -> evaluation (prints the F1)
-#   make test   set up and run the test suite
+#   make test   set up and run the test suite (make test-fast: without the slow end-to-end tests)
 #   make pictures   after make demo: docs/*.png, the demo run's pictures that README.md embeds
 # Both create .venv from requirements.txt on first use (torch from PyPI: a few minutes, ~6 GB).
 PYTHON ?= python3
@@ -10,7 +10,7 @@ DATA ?= data
 DEMO_RUN ?= model/demo
 DEMO_TRAINING ?=  # train.py's defaults: the recipe measured best on the sample set (README, "Defaults")
 
-.PHONY: demo test pictures setup clean
+.PHONY: demo test test-fast pictures setup clean
 
 setup: $(VENV)/.installed
 
@@ -35,8 +35,12 @@ pictures: setup
 	mkdir -p docs
 	cp $(DEMO_RUN)/curves.png output/report/confusion_tasks.png output/report/mistakes.png docs/
 
+# -n auto: the tests spread over the cores (pytest-xdist); the 20 slowest are listed at the end
 test: setup
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n auto --durations=20
+
+test-fast: setup
+	$(BIN)/python -m pytest tests -q -n auto -m "not slow"
 
 clean:
 	rm -rf $(DATA) model output

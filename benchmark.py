@@ -24,6 +24,7 @@ import math
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,10 +37,11 @@ import cli
 import export
 import train
 from augmentation import AUGMENTATIONS, MEAN, STD, create_batch_jitter, create_transform, decode_size
-from dataset import IMAGE_EXTENSIONS, NUM_CLASSES, ImageDataset, loader_options, open_cache, read_image
+from dataset import NUM_CLASSES, ImageDataset, loader_options, open_cache
 from generate_sample import generate
 from exported import create_session
 from model import AMP_DTYPES, WithProbabilities, autocast, check_amp, create_model, place_model, to_memory_format
+from photos import IMAGE_EXTENSIONS, read_image
 
 PHOTOS_PER_PERSON = 7
 LATENCY_RUNS = 30
@@ -234,8 +236,8 @@ def compare_onnx(model, dataset, args, scratch):
               f"{size})")
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     args.resize, device = tuple(args.resize), torch.device(args.device)
     check_amp(args.amp, device)
     with tempfile.TemporaryDirectory() as scratch:
@@ -254,4 +256,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

@@ -131,8 +131,8 @@ def print_table(rows, variants):
     print(frame[["variant", "seed", *COLUMNS]].to_string(index=False, float_format="%.4f"))
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     variants = parse_variants(args.variant or DEFAULT_VARIANTS)
     with tempfile.TemporaryDirectory(prefix="benchmark_recipe.") as temporary:
         work = Path(args.out or temporary)
@@ -144,4 +144,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

@@ -148,13 +148,16 @@ def one_line(error):
     return message
 
 
-def run(main):
-    """Runs `main()`, reporting UserError as `error: ...` on stderr with exit code 2."""
+def run(main, argv=None):
+    """Runs `main(argv)` (None: the command line) and returns its exit code: 0, or 2 with UserError reported as
+    `error: ...` on stderr, 130 when interrupted (argparse's --help and flag errors exit through SystemExit, as
+    ever). Scripts end with `sys.exit(cli.run(main))`; tests call it in-process with an argv."""
     try:
-        main()
+        main(argv)
     except UserError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    return 0

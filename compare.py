@@ -12,6 +12,7 @@ a parent's row holds its out-of-fold metrics and the spread of its folds' F1. A 
 refused with a one-line error before anything is written.
 """
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +87,8 @@ def read_runs(paths):
     return summaries, rows
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     summaries, rows = read_runs(args.runs)
     reports.save_figure(reports.curves_figure(summaries), args.output)
     table = pd.DataFrame(rows).rename(columns=lambda name: name.removeprefix("val_")).fillna("")
@@ -97,4 +98,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

@@ -14,6 +14,7 @@ path>, so that nothing is lost. DST/faces.csv lists every photo with its faces: 
 any folder of photos into a face-crop data set.
 """
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,9 @@ import torch
 from PIL import Image
 
 import cli
-from dataset import decode_image, find_photos
-from faces import MIN_FACE_SIZE, crop_box_pixels, detect_faces, grow
+from faces import MIN_FACE_SIZE, detect_faces, grow
 from fileio import atomic_path, write_csv
+from photos import crop_box_pixels, decode_image, find_photos
 
 NO_FACE_FOLDER = "no_face"
 
@@ -88,8 +89,8 @@ def crop_photo(image, faces, relative, destination, args):
     return rows
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     source, destination = check_paths(args)
     photos = find_photos(source)
     if not photos:
@@ -114,4 +115,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

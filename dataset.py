@@ -17,21 +17,20 @@ import math
 import multiprocessing
 import os
 import re
-import warnings
 from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, RandomSampler, Sampler, WeightedRandomSampler
 from torchsampler import ImbalancedDatasetSampler
 from tqdm import tqdm
 
-from cli import UserError, first_line, inside
-from faces import BOX_COLUMNS, SCORE_COLUMN, crop_box_pixels
+from cli import UserError, inside
+from faces import BOX_COLUMNS, SCORE_COLUMN
 from fileio import atomic_path, open_lock, read_csv, write_json
+from photos import decode_image
 
 
 class MaskLabel(IntEnum):
@@ -120,7 +119,6 @@ def scheme_of(config):
     return LabelScheme.from_dict(config["scheme"]) if config.get("scheme") else COMPETITION
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MASK_BY_STEM = {
     "mask1": MaskLabel.WEAR, "mask2": MaskLabel.WEAR, "mask3": MaskLabel.WEAR,
     "mask4": MaskLabel.WEAR, "mask5": MaskLabel.WEAR,
@@ -249,70 +247,6 @@ def load_folds(csv_path, data_dir, fold):
     if fold != "all" and fold not in set(frame["fold"]):
         raise UserError(f"fold {fold} is not in {csv_path} (folds {sorted(set(frame['fold']))})")
     return frame
-
-
-def find_photos(folder):
-    """The photos (.jpg, .jpeg, .png) under `folder` at any depth, sorted by path, hidden files and folders left
-    out."""
-    folder = Path(folder)
-    return sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in path.relative_to(folder).parts))
-
-
-def read_image(path):
-    """The photo at `path` as an RGB PIL image, decoded as decode_image does."""
-    return Image.fromarray(decode_image(path))
-
-
-def to_rgb(photo):
-    """A PIL image of any mode as 8-bit RGB: 16- and 32-bit integer pixels scaled from 0-65535 and float pixels from
-    0-1 (PIL would clip them to white or black; values outside are refused), a palette's transparency dropped as
-    PIL asks (through RGBA), every other mode converted by PIL."""
-    if photo.mode.startswith("I") or photo.mode == "F":
-        pixels, full_scale = np.asarray(photo, dtype=np.float64), 1.0 if photo.mode == "F" else 65535.0
-        if not (np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= full_scale):
-            raise ValueError(f"its {photo.mode} pixels are outside 0-{full_scale:g}")
-        return Image.fromarray(np.round(pixels * (255 / full_scale)).astype(np.uint8)).convert("RGB")
-    if photo.mode == "P" and "transparency" in photo.info:
-        photo = photo.convert("RGBA")
-    return photo.convert("RGB")
-
-
-def decode_image(path, size=None, region=None, zoom=1.0):
-    """The photo at `path` as a uint8 (H, W, 3) array, resized to `size` = (height, width) unless None; with a
-    `region` (fractions of the photo, see faces.crop_regions), only the box faces.crop_box_pixels makes of it.
-
-    The one place photos are decoded: any failure of PIL on the file's bytes (truncation, a decompression bomb,
-    a malformed header, a mode it cannot convert) is the one-line error naming the photo."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a likely bomb is refused, not decoded
-            with Image.open(path) as photo:
-                box = None if region is None else crop_box_pixels(region, photo.size, size, zoom)
-                if size is not None:
-                    # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers `size`: several times
-                    # faster.
-                    shown = (photo.width, photo.height) if box is None else (box[2] - box[0], box[3] - box[1])
-                    full_width, full_height = photo.size
-                    photo.draft("RGB", (math.ceil(full_width * size[1] / shown[0]),
-                                        math.ceil(full_height * size[0] / shown[1])))
-                    if box is not None:  # the box in the reduced photo's pixels
-                        scale_x, scale_y = photo.width / full_width, photo.height / full_height
-                        box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
-                image = to_rgb(photo)
-    except Exception as error:  # noqa: BLE001 -- only PIL runs here, on bytes from outside: every failure is the file's
-        raise UserError(f"cannot decode {path}: {first_line(error)}") from None
-    if size is not None and (box is not None or image.size != (size[1], size[0])):
-        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
-    return np.array(image)
-
-
-def crop_pixels(pixels, size, region):
-    """A uint8 (H, W, 3) array already decoded (a video frame) cut to `region` and resized to `size` as decode_image
-    cuts and resizes a photo."""
-    image = Image.fromarray(pixels)
-    box = crop_box_pixels(region, image.size, size)
-    return np.array(image.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box))
 
 
 def decode_chunk(items, size, zoom):

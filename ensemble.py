@@ -22,6 +22,7 @@ the oof.csv of `train.py --fold all` runs (or those runs' folders): the vote cov
 is scored against the folds CSV's labels, so weights are chosen on all the training data, then applied to
 the same runs' eval-set probabilities.
 """
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 import cli
 from dataset import COMPETITION, TASK_CLASSES, compose_probabilities, frame_scheme
 from inference import (add_common_flags, find_runs, predict_runs, print_held_out_score, read_folds, read_images,
-                       read_info, read_probabilities, runs_scheme, write_submission)
+                       read_info, runs_scheme)
+from submissions import read_probabilities, write_submission
 
 METHODS = ("soft", "hard")
 
@@ -138,8 +140,8 @@ def predict_composition(args, paths, device):
                                    for task in TASK_CLASSES))
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     weights = check_voters(args)
     device = torch.device(args.device)
     if args.fold == "all" and args.mask:
@@ -174,4 +176,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

@@ -20,6 +20,7 @@ mistakes.csv, every wrong answer most confident first, and mistakes.png, the mos
 eval photos (`--images`). Without probabilities.csv, or without the photos, that part is skipped and said so.
 """
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,10 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 import cli
 import reports
-from dataset import COMPETITION, IMAGE_EXTENSIONS, NUM_CLASSES, ImageDataset, folder_scheme
+from dataset import COMPETITION, NUM_CLASSES, ImageDataset, folder_scheme
 from fileio import read_csv
+from photos import find_photos
+from submissions import read_labels, read_predictions, read_probabilities
 
 
 def get_args_parser():
@@ -85,25 +88,6 @@ def class_f1(true_labels, predicted_labels, scheme):
     return {f"class_f1/{name}": float(value) for name, value in zip(scheme.classes, values)}
 
 
-def read_labels(path, role):
-    """The ImageID and ans columns of a CSV, checked: unique ids, integer labels 0-17."""
-    path = Path(path)
-    if not path.is_file():
-        raise cli.UserError(f"{role} {path} does not exist")
-    frame = read_csv(path, f"{role} {path}", dtype={"ImageID": str, "ans": str})  # True is no label, not 1
-    missing = [column for column in ("ImageID", "ans") if column not in frame.columns]
-    if missing:
-        raise cli.UserError(f"{role} {path} lacks the column(s) {', '.join(missing)}")
-    duplicated = frame["ImageID"][frame["ImageID"].duplicated()]
-    if len(duplicated):
-        raise cli.UserError(f"{role} {path} lists {duplicated.iloc[0]} more than once")
-    labels = pd.to_numeric(frame["ans"], errors="coerce")
-    invalid = frame["ans"][labels.isna() | (labels % 1 != 0) | (labels < 0) | (labels >= NUM_CLASSES)]
-    if len(invalid):
-        raise cli.UserError(f"{role} {path} has label {invalid.iloc[0]!r}: labels are integers 0-{NUM_CLASSES - 1}")
-    return frame.assign(ans=labels.astype(int))
-
-
 def align(ground_truth, submission):
     """The submission's labels in gt order; refuses missing or extra ids."""
     missing = ground_truth["ImageID"][~ground_truth["ImageID"].isin(submission["ImageID"])]
@@ -123,7 +107,6 @@ def read_report_probabilities(args, submission_path, image_ids):
     path = Path(args.probabilities or Path(submission_path).parent / "probabilities.csv")
     if args.probabilities is None and not path.is_file():
         return None
-    from inference import read_probabilities  # inference imports this module: imported when a report needs it
     ids, probabilities = read_probabilities(path)
     row_of = {image_id: row for row, image_id in enumerate(ids)}
     missing = [image_id for image_id in image_ids if image_id not in row_of]
@@ -178,8 +161,7 @@ def read_truth(source):
     """(path, class) of every photo: the class folders of a folder (paths relative to it) or a CSV's rows."""
     source = Path(source)
     if source.is_dir():
-        photos = sorted(path for path in source.rglob("*") if path.is_file() and path.suffix.lower() in
-                        IMAGE_EXTENSIONS and not any(part.startswith(".") for part in path.relative_to(source).parts))
+        photos = find_photos(source)
         truth = pd.DataFrame({"path": [str(path.relative_to(source)) for path in photos],
                               "class": [path.relative_to(source).parts[0] for path in photos]})
         truth = truth[truth["path"] != truth["class"]]  # photos beside the class folders have no class
@@ -193,17 +175,6 @@ def read_truth(source):
     if truth.empty or truth["path"].duplicated().any():
         raise cli.UserError(f"truth {source} lists no photo, or a photo twice")
     return truth
-
-
-def read_predictions(path):
-    """The path and predicted columns of a predictions.csv, checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise cli.UserError(f"predictions {path} does not exist: run inference.py on a folder of photos first")
-    predictions = read_csv(path, dtype={"path": str, "predicted": str})
-    if not {"path", "predicted"} <= set(predictions.columns) or predictions["path"].duplicated().any():
-        raise cli.UserError(f"predictions {path} needs the columns path and predicted, one row per photo")
-    return predictions
 
 
 def class_table(true_classes, predicted_classes):
@@ -252,8 +223,8 @@ def write_folder_report(args, truth, predictions, truth_source):
     print(f"report in {args.report}: {', '.join(written)}")
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     if args.truth:
         score_folder(args.truth, args.predictions or Path(args.output_dir) / "predictions.csv", args)
         return
@@ -269,4 +240,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

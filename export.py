@@ -27,6 +27,7 @@ head's task softmaxes multiplied inside), and its metadata holds the scheme, cla
 """
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -315,8 +316,8 @@ def markdown_table(report):
             + header + "\n".join(lines) + "\n\neager: the PyTorch model in the same process (MB: its fp32 weights)\n")
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     check_run_dir(args.run_dir)
     model, config = load_run(args.run_dir, torch.device("cpu"), args.checkpoint, task=None)  # a --task run too
     eager = WithProbabilities(model, config).eval()
@@ -336,4 +337,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

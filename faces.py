@@ -9,9 +9,8 @@ A photo's face is its most confident detection. Boxes are kept as fractions of t
 and `--crop box` names the same region of every photo whatever its size.
 
 The crop, one definition for training, validation, inference and TTA: the face box grown by `margin` times its
-width and height on each side (the region), widened or heightened to the aspect ratio of the output size, scaled
-by `zoom` (training decodes a larger view for its random crops to act in), shrunk to fit the photo if it is larger,
-and shifted inside it. `dataset.decode_image` cuts that box out and resizes it to the output size.
+width and height on each side is the region the model sees (crop_regions); photos.crop_box_pixels fits it to the
+output's aspect ratio and to the photo, and photos.decode_image cuts that box out and resizes it.
 """
 import contextlib
 import multiprocessing
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from cli import UserError
 from fileio import read_csv, write_csv
+from photos import decode_image
 
 CROP_MODES = ("face", "box", "none")
 BOX_COLUMNS = ("face_x1", "face_y1", "face_x2", "face_y2")  # fractions of the photo's width and height
@@ -64,14 +64,14 @@ def faces_in(detector, images):
 _worker_detector = None
 
 
-def _start_worker(min_face_size):
+def _start_worker(min_face_size, pooled=True):
     global _worker_detector
-    torch.set_num_threads(1)  # one core per process: the processes share them out
+    if pooled:
+        torch.set_num_threads(1)  # one core per process: the processes share them out
     _worker_detector = create_detector("cpu", min_face_size)
 
 
 def _detect_chunk(paths):
-    from dataset import decode_image  # dataset imports this module's geometry
     return [faces_in(_worker_detector, [decode_image(path)])[0] for path in paths]
 
 
@@ -79,7 +79,7 @@ def detect_on_cpu(paths, min_face_size, progress):
     chunks = [paths[start:start + DETECT_CHUNK] for start in range(0, len(paths), DETECT_CHUNK)]
     processes = min(os.cpu_count() or 1, len(chunks))
     if processes <= 1:
-        _start_worker(min_face_size)
+        _start_worker(min_face_size, pooled=False)
         pool = contextlib.nullcontext()
     else:
         pool = multiprocessing.Pool(processes, _start_worker, (min_face_size,))
@@ -92,7 +92,6 @@ def detect_on_cpu(paths, min_face_size, progress):
 
 
 def detect_on_gpu(paths, device, min_face_size, progress):
-    from dataset import decode_image
     detector, found, batch = create_detector(device, min_face_size), [], []
 
     def flush():
@@ -198,21 +197,6 @@ def crop_regions(boxes, crop="face", margin=0.4, crop_box=None, fallback=None):
     if fallback is None:
         regions[missing] = WHOLE_PHOTO
     return regions.round(6)  # what the cache's manifest records, so that cached and fresh decodes agree
-
-
-def crop_box_pixels(region, photo_size, out_size, zoom=1.0):
-    """The pixel box (left, top, right, bottom) of a photo of `photo_size` = (width, height) that shows `region`
-    (fractions) at the aspect ratio of `out_size` = (height, width), scaled by `zoom` and kept inside the photo."""
-    photo_width, photo_height = photo_size
-    x1, y1, x2, y2 = np.asarray(region, dtype=float) * [photo_width, photo_height, photo_width, photo_height]
-    width, height = (x2 - x1) * zoom, (y2 - y1) * zoom
-    aspect = out_size[1] / out_size[0]
-    width, height = max(width, height * aspect), max(height, width / aspect)
-    fit = min(1.0, photo_width / width, photo_height / height)
-    width, height = width * fit, height * fit
-    left = min(max((x1 + x2 - width) / 2, 0.0), photo_width - width)
-    top = min(max((y1 + y2 - height) / 2, 0.0), photo_height - height)
-    return left, top, left + width, top + height
 
 
 def check_crop_box(values):

@@ -394,7 +394,7 @@ def generate_classes(out_dir, kind, people=60, eval_people=20, seed=0, overwrite
     return {"train_images": people * len(classes), "eval_images": eval_people * len(classes)}
 
 
-def main():
+def main(argv=None):
     parser = cli.Parser(description="Generate synthetic photos: the competition's layout, or a "
                                                  "class-folder set of another classifier.")
     parser.add_argument("--kind", default="competition", choices=["competition", *KINDS],
@@ -408,15 +408,14 @@ def main():
                         help="random seed; same seed gives identical files (default: 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="remove existing train/, eval/ and gt/ under --out first (default: refuse)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         if args.kind == "competition":
             summary = generate(args.out, args.people, args.eval_people, args.seed, overwrite=args.overwrite)
         else:
             summary = generate_classes(args.out, args.kind, args.people, args.eval_people, args.seed, args.overwrite)
-    except FileExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except FileExistsError as error:
+        raise cli.UserError(str(error)) from None
     out = Path(args.out)
     if args.kind != "competition":
         print(f"wrote {summary['train_images']} train photos ({args.people} people) in {', '.join(KINDS[args.kind])} "
@@ -428,4 +427,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

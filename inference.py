@@ -28,6 +28,7 @@ eval photos' faces are detected on the first inference that needs them and kept 
 inference_tta.py and ensemble.py share these flags and functions.
 """
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +38,17 @@ from torch.utils.data import DataLoader
 
 import cli
 from augmentation import create_transform
-from dataset import (CACHE_MODES, COMPETITION, ImageDataset, find_photos, frame_scheme, load_folds,
+from dataset import (CACHE_MODES, COMPETITION, ImageDataset, frame_scheme, load_folds,
                      loader_options, open_cache, run_scheme, training_targets)
 from evaluation import score
 from faces import BOX_COLUMNS, crop_regions, fallback_face, kept_boxes
-from fileio import load_checkpoint, read_csv, read_json, write_csv, write_csvs
+from fileio import load_checkpoint, read_csv, read_json
 from exported import OnnxClassifier, read_config
 from model import AMP_DTYPES, HEADS, check_amp, create_model, load_weights, place_model, predict
+from photos import find_photos
 from sorting import SORT_MODES, sort_photos
+from submissions import write_predictions, write_submission
 
-PROBABILITY_PREFIX = "prob_"
 RUN_CONFIG_CHECKS = {  # what rebuilding a run's model needs from its config.json
     "model": (lambda value: isinstance(value, str) and value != "", "a model name"),
     "head": (lambda value: value in HEADS, f"one of {', '.join(HEADS)}"),
@@ -340,72 +342,6 @@ def predict_runs(run_dirs, paths, args, device, task="all", predict_one=predict_
     return total / len(run_dirs)
 
 
-def read_probabilities(path):
-    """(ImageIDs, (N, K) float tensor) of a probabilities.csv, checked: ImageID and prob_0..prob_{K-1} columns,
-    unique ids, each row a distribution."""
-    path = Path(path)
-    if not path.is_file():
-        raise cli.UserError(f"{path} does not exist: pass a probabilities.csv written by inference.py, "
-                            "inference_tta.py or ensemble.py")
-    frame = read_csv(path, dtype={"ImageID": str})
-    classes = [column for column in frame.columns if column.startswith(PROBABILITY_PREFIX)]
-    expected = [f"{PROBABILITY_PREFIX}{k}" for k in range(len(classes))]
-    if "ImageID" not in frame.columns or not classes or set(classes) != set(expected) or frame.empty:
-        raise cli.UserError(f"{path} is not a probabilities file: it needs rows and the columns ImageID, "
-                            f"{PROBABILITY_PREFIX}0, {PROBABILITY_PREFIX}1, ...")
-    duplicated = frame["ImageID"][frame["ImageID"].duplicated()]
-    if len(duplicated):
-        raise cli.UserError(f"{path} lists {duplicated.iloc[0]} more than once")
-    values = frame[expected].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values).all(axis=1) | (values < 0).any(axis=1) | (np.abs(values.sum(axis=1) - 1) > 1e-3)
-    if bad.any():
-        row = int(bad.argmax())
-        raise cli.UserError(f"{path}: the row of {frame['ImageID'].iloc[row]} is not a distribution (numbers "
-                            "from 0 to 1 summing to 1): write probabilities, not logits")
-    return frame["ImageID"].tolist(), torch.tensor(values, dtype=torch.float32)
-
-
-def probabilities_frame(image_ids, probabilities):
-    columns = [f"{PROBABILITY_PREFIX}{k}" for k in range(probabilities.shape[1])]
-    frame = pd.DataFrame(np.asarray(probabilities), columns=columns)
-    frame.insert(0, "ImageID", list(image_ids))
-    return frame
-
-
-def write_probabilities(image_ids, probabilities, path):
-    write_csv(probabilities_frame(image_ids, probabilities), path)
-
-
-def write_submission(info, probabilities, output_dir, answers=None):
-    """output.csv (info.csv with ans = `answers`, by default the most probable class) and probabilities.csv, written
-    as a pair: output.csv is there only when both are new. Returns the answers. Probabilities that are not all
-    finite (NaN weights, an overflow) are refused: their argmax would be a submission of zeros."""
-    if not np.isfinite(np.asarray(probabilities)).all():
-        raise cli.UserError("the predicted probabilities are not all finite numbers (a checkpoint with NaN weights? "
-                            "an overflow under --amp fp16?): nothing written")
-    answers = np.asarray(probabilities).argmax(axis=1) if answers is None else np.asarray(answers)
-    write_csvs({Path(output_dir) / "probabilities.csv": probabilities_frame(info["ImageID"], probabilities),
-                Path(output_dir) / "output.csv": info.assign(ans=answers)})
-    print(f"wrote {Path(output_dir) / 'output.csv'} ({len(info)} rows) and probabilities.csv")
-    return answers
-
-
-def write_predictions(info, probabilities, scheme, output_dir):
-    """predictions.csv of a folder of photos: path, predicted class name, confidence, prob_<class> per class (and
-    probabilities.csv, for TTA and ensembles); returns (predicted class names, confidences)."""
-    probabilities = np.asarray(probabilities)
-    predicted = np.array(scheme.classes)[probabilities.argmax(axis=1)]
-    confidences = probabilities.max(axis=1)
-    frame = pd.DataFrame({"path": info["ImageID"], "predicted": predicted, "confidence": confidences})
-    for name, column in zip(scheme.classes, probabilities.T):
-        frame[f"{PROBABILITY_PREFIX}{name}"] = column
-    write_probabilities(info["ImageID"], probabilities, Path(output_dir) / "probabilities.csv")
-    write_csv(frame, Path(output_dir) / "predictions.csv")
-    counts = ", ".join(f"{name} {count}" for name, count in zip(*np.unique(predicted, return_counts=True)))
-    print(f"wrote {Path(output_dir) / 'predictions.csv'} ({len(frame)} photos: {counts}) and probabilities.csv")
-    return predicted, confidences
-
-
 def write_outputs(args, info, probabilities, scheme, answers=None):
     """The files of what was predicted: output.csv and probabilities.csv for the eval set or a fold, or
     predictions.csv (and the sorted photos with --sort_into) for a folder of photos; returns the answers."""
@@ -427,8 +363,8 @@ def print_held_out_score(fold, labels, answers, scheme=COMPETITION):
     print(f"fold {fold} ({len(labels)} images): " + " ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     device = torch.device(args.device)
     info, paths, labels = read_images(args)
     runs = find_models(args)
@@ -439,4 +375,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

@@ -16,6 +16,7 @@ the centre by 10%. Presets: `none` (identity only), `flip` (hflip), `default` (h
 whatever the batch size or number of workers. These are its per-photo transforms (CustomAugmentation's crop
 and flip); the colour jitter that training applies to whole batches is not a view.
 """
+import sys
 from functools import partial
 
 import numpy as np
@@ -138,8 +139,8 @@ def get_args_parser():
     return parser
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     predict_one = partial(predict_views, views=parse_views(args.tta), random_views=args.tta_views, seed=args.seed,
                           augmentation=args.tta_augmentation)
     device = torch.device(args.device)
@@ -152,4 +153,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

@@ -32,6 +32,7 @@ photo, and its score go into the folds CSV (face_x1, face_y1, face_x2, face_y2, 
 found), and the photos without a face are listed in no_face.csv beside it. train.py crops to these boxes.
 """
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -41,10 +42,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 import cli
-from dataset import (GENDER_BY_NAME, IMAGE_EXTENSIONS, MASK_BY_STEM, MAX_AGE, MIN_AGE, PERSON_FOLDER, MaskLabel,
-                     age_band, decode_image, encode_label, parse_person_folder)
+from dataset import (GENDER_BY_NAME, MASK_BY_STEM, MAX_AGE, MIN_AGE, PERSON_FOLDER, MaskLabel,
+                     age_band, encode_label, parse_person_folder)
 from faces import box_frame, detect_faces, report_detection
 from fileio import read_csv, write_csv
+from photos import IMAGE_EXTENSIONS, decode_image
 
 TRAIN_CSV_COLUMNS = ("id", "gender", "race", "age", "path")
 LAYOUTS = ("auto", "competition", "folders")
@@ -343,8 +345,8 @@ def folders_frame(args, data_dir):
     return class_folder_frame(rows, args.kfold, args.seed)
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     data_dir = Path(args.data_dir)
     output = Path(args.output) if args.output else data_dir.parent / "folds.csv"
     layout = detect_layout(data_dir, args.layout)
@@ -362,4 +364,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

@@ -38,11 +38,12 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 import cli
-from dataset import crop_pixels, decode_image, find_photos, run_scheme
+from dataset import run_scheme
 from faces import MIN_FACE_SIZE, create_detector, faces_in, grow
 from fileio import atomic_path, write_csv
 from inference import load_run
 from model import predict_batch
+from photos import crop_pixels, decode_image, find_photos
 
 DEFAULT_MARGIN = 0.4  # train.py's --face_margin, for exported configs of runs older than the flag
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324",
@@ -281,8 +282,8 @@ def annotate(frames, args, rate, total, writer, analyse, classes):
     return rows, seen, processed
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     device = torch.device(args.device)
     model, config = load_classifier(args, device)
     frames, rate, count = open_source(args)
@@ -313,4 +314,4 @@ def csv_columns(classes):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

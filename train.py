@@ -20,6 +20,7 @@ import copy
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -555,8 +556,8 @@ def resumed_args(run_dir):
     raise cli.UserError(f"{run_dir} is not a run directory (no config.json): pass the folder train.py made")
 
 
-def main():
-    args = get_args_parser().parse_args()
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
     resume, run_dir = args.resume is not None, None
     if resume:
         run_dir, args = Path(args.resume), resumed_args(Path(args.resume))
@@ -582,4 +583,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    sys.exit(cli.run(main))

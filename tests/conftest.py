@@ -1,20 +1,75 @@
-"""Shared fixtures: a tiny synthetic data set in the competition layout, generated once per session."""
+"""Shared fixtures and runners.
+
+Scripts run in this process (`run_script`: their `main(argv)` through cli.run, output captured), which spares each
+call torch's import; `run_process` starts a real interpreter for what only a process shows (the command line end to
+end, torchrun, kills, Ctrl-C). The data sets and the tiny trained run that several modules need are built once per
+test session, also under pytest-xdist: the first worker builds each behind a file lock, the others reuse it.
+"""
+import contextlib
+import importlib
+import io
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from filelock import FileLock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+import cli  # noqa: E402
 from generate_sample import generate  # noqa: E402
+
+TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
+                 "--workers", "0"]
+QUICK_EXPORT = ["--latency_runs", "3", "--warmup", "1", "--throughput_runs", "1", "--calibration", "16"]
+
+
+@contextlib.contextmanager
+def environment(env):
+    """os.environ replaced by `env` inside the block (None: unchanged), restored after it."""
+    if env is None:
+        yield
+        return
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update({key: str(value) for key, value in env.items()})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def run_script(script, *args, env=None, cwd=None):
-    """Runs one of the repository's scripts as a user would; returns the CompletedProcess."""
+    """Runs one of the repository's scripts as `python script args` would, in this process: its main(argv) through
+    cli.run, with `env` as the environment and `cwd` as the working directory. Returns what subprocess.run would
+    (returncode, stdout, stderr); a traceback is not caught, so a bug fails the test that met it."""
+    module = importlib.import_module(Path(script).stem)
+    argv = [str(arg) for arg in args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(environment(env))
+        if cwd is not None:
+            stack.enter_context(contextlib.chdir(cwd))
+        stack.enter_context(pytest.MonkeyPatch.context()).setattr(sys, "argv", [script, *argv])
+        stack.enter_context(contextlib.redirect_stdout(stdout))
+        stack.enter_context(contextlib.redirect_stderr(stderr))
+        try:
+            code = cli.run(module.main, argv)
+        except SystemExit as exit_:  # argparse: --help, or a flag it refuses
+            code = exit_.code if isinstance(exit_.code, int) else 0
+    return subprocess.CompletedProcess([script, *argv], code, stdout.getvalue(), stderr.getvalue())
+
+
+def run_process(script, *args, env=None, cwd=None, timeout=600):
+    """Runs one of the repository's scripts in a new Python process; returns the CompletedProcess."""
     return subprocess.run([sys.executable, str(REPO_ROOT / script), *map(str, args)], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def assert_one_line_error(result, message):
@@ -25,28 +80,52 @@ def assert_one_line_error(result, message):
     assert "Traceback" not in result.stderr
 
 
+def built_once(tmp_path_factory, name, build):
+    """A folder `name` that `build(folder)` fills once per test session, whichever xdist worker asks first (the
+    others wait on its lock and reuse it); a build that failed is not reused. Returns (folder, build's result as
+    saved in done.json)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's folder, above each worker's own
+    folder, done = shared / name, shared / f"{name}.done.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(build(folder)))
+    return folder, json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory):
-    """A small generated and preprocessed data set: train (with folds.csv), eval and gt under one folder."""
-    root = tmp_path_factory.mktemp("data")
-    generate(root, people=20, eval_people=4, seed=0)
-    assert run_script("preprocess.py", "--data_dir", root / "train/images").returncode == 0
-    return root
-
-
-TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
-                 "--workers", "0"]
-QUICK_EXPORT = ["--latency_runs", "3", "--warmup", "1", "--throughput_runs", "1", "--calibration", "16"]
+    """A small generated and preprocessed data set: train (with folds.csv), eval and gt under one folder. Shared by
+    every test: tests that change it work on a copy."""
+    def build(root):
+        generate(root, people=20, eval_people=4, seed=0)
+        result = run_script("preprocess.py", "--data_dir", root / "train/images")
+        assert result.returncode == 0, result.stderr[-2000:]
+        return {}
+    return built_once(tmp_path_factory, "data", build)[0]
 
 
 @pytest.fixture(scope="session")
-def exported(sample_data, tmp_path_factory):
-    """A tiny run trained on the sample set and exported by export.py in all three precisions into its directory:
-    (run directory, export.py's CompletedProcess)."""
-    model_dir = tmp_path_factory.mktemp("exported")
-    result = run_script("train.py", "--data_dir", sample_data / "train/images", "--model_dir", model_dir,
-                        *TINY_TRAINING)
-    assert result.returncode == 0, result.stderr[-2000:]
-    result = run_script("export.py", model_dir / "exp", *QUICK_EXPORT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return model_dir / "exp", result
+def trained_run(sample_data, tmp_path_factory):
+    """One tiny run (test_resnet, 64x48, one epoch, the face crop) trained on the sample set, shared by the modules
+    that only need a trained run: its run directory."""
+    def build(model_dir):
+        result = run_script("train.py", "--data_dir", sample_data / "train/images", "--model_dir", model_dir,
+                            *TINY_TRAINING)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return {}
+    return built_once(tmp_path_factory, "trained", build)[0] / "exp"
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory):
+    """The shared tiny run exported by export.py in all three precisions into its directory: (run directory,
+    export.py's result)."""
+    def build(_):
+        result = run_script("export.py", trained_run, *QUICK_EXPORT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+    _, result = built_once(tmp_path_factory, "exported", build)
+    return trained_run, SimpleNamespace(**result)

@@ -14,9 +14,9 @@ import train
 from cli import UserError
 from conftest import assert_one_line_error, run_script
 from dataset import load_folds
-from evaluation import read_labels
 from generate_sample import generate
 from inference import load_run, read_eval_set
+from submissions import read_labels
 
 TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
                  "--workers", "0"]

@@ -5,8 +5,9 @@ import torch
 from PIL import Image
 
 from cli import UserError
-from dataset import (NUM_CLASSES, AgeLabel, DecodedCache, age_band, compose_probabilities, decode_image, decode_label,
+from dataset import (NUM_CLASSES, AgeLabel, DecodedCache, age_band, compose_probabilities, decode_label,
                      encode_label, parse_person_folder, task_marginals, training_targets)
+from photos import decode_image
 
 
 def test_encode_decode_round_trip_covers_all_18_classes():

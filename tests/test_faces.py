@@ -12,8 +12,9 @@ from skimage.data import astronaut
 
 import train
 from conftest import assert_one_line_error, run_script
-from dataset import ImageDataset, decode_image, load_folds, open_cache
-from faces import BOX_COLUMNS, SCORE_COLUMN, crop_box_pixels, crop_regions, detect_faces, fallback_face, grow
+from dataset import ImageDataset, load_folds, open_cache
+from faces import BOX_COLUMNS, SCORE_COLUMN, crop_regions, detect_faces, fallback_face, grow
+from photos import crop_box_pixels, decode_image
 from inference import FaceBoxes, get_args_parser as inference_args_parser
 
 RESIZE = (64, 48)

@@ -19,10 +19,11 @@ import preprocess
 import train
 from cli import UserError, check_values
 from conftest import run_script
-from dataset import FOLDS_COLUMNS, NUM_CLASSES, decode_image, load_folds
-from evaluation import read_labels
+from dataset import FOLDS_COLUMNS, NUM_CLASSES, load_folds
 from fileio import read_json
-from inference import RUN_CONFIG_CHECKS, read_eval_set, read_probabilities
+from inference import RUN_CONFIG_CHECKS, read_eval_set
+from photos import decode_image
+from submissions import read_labels, read_probabilities
 
 IN_PROCESS = settings(max_examples=40, deadline=None)
 SUBPROCESS = settings(max_examples=4, deadline=None)

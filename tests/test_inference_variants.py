@@ -10,10 +10,12 @@ from PIL import ImageOps
 from augmentation import create_transform
 from cli import UserError
 from conftest import assert_one_line_error, run_script
-from dataset import compose_probabilities, encode_label, read_image, task_marginals
+from dataset import compose_probabilities, encode_label, task_marginals
 from ensemble import hard_vote, soft_vote
-from inference import load_run, read_probabilities, write_probabilities
+from inference import load_run
 from inference_tta import VIEWS, parse_views, predict_views
+from photos import read_image
+from submissions import read_probabilities, write_probabilities
 
 TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
                  "--workers", "0"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cli import UserError
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error, run_process
 from dataset import COMPETITION, NUM_CLASSES, decode_label, folder_scheme, target_scheme
 from model import MaskClassifier, create_backbone, logits_to_probabilities, resolve_library
 
@@ -68,6 +68,7 @@ def test_pretrained_path_takes_the_backbone_of_another_runs_checkpoint(tmp_path)
 def test_pretrained_offline_fails_with_a_one_line_hint(sample_data, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "empty_cache"),
            "HF_HOME": str(tmp_path / "empty_hf")}
-    result = run_script("train.py", "--data_dir", sample_data / "train/images", "--model_dir", tmp_path,
-                        "--model", "resnet18", "--pretrained", "--epochs", "1", env=env)
+    # a process of its own: the hub reads HF_HUB_OFFLINE when it is imported
+    result = run_process("train.py", "--data_dir", sample_data / "train/images", "--model_dir", tmp_path,
+                         "--model", "resnet18", "--pretrained", "--epochs", "1", env=env)
     assert_one_line_error(result, "--pretrained_path")

@@ -19,7 +19,7 @@ def preprocess(images, *args):
 
 def test_no_person_in_two_folds_and_stratification_holds(tmp_path):
     generate(tmp_path, people=80, eval_people=0, seed=3)
-    result = preprocess(tmp_path / "train/images", "--kfold", "4")
+    result = preprocess(tmp_path / "train/images", "--kfold", "4", "--faces", "off")
     assert result.returncode == 0, result.stderr
     folds = pd.read_csv(tmp_path / "train/folds.csv", dtype={"id": str})
     assert len(folds) == 80 * 7

@@ -17,10 +17,11 @@ import train
 from augmentation import BatchMixer, create_transform, decode_size
 from cli import UserError
 from conftest import run_script
-from dataset import (COMPETITION, CACHE_MODES, NUM_CLASSES, DecodedCache, ImageDataset, decode_image, load_folds,
+from dataset import (COMPETITION, CACHE_MODES, NUM_CLASSES, DecodedCache, ImageDataset, load_folds,
                      open_cache)
 from model import MaskClassifier
 from optim import create_optimizer, create_scheduler
+from photos import decode_image
 
 RESIZE = (64, 48)
 TINY = ["--model", "test_resnet", "--resize", "64", "48", "--batch_size", "16", "--workers", "0", "--epochs", "1"]

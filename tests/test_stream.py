@@ -9,7 +9,7 @@ from PIL import Image
 from skimage.data import astronaut
 
 from conftest import assert_one_line_error, run_script
-from dataset import decode_image
+from photos import decode_image
 from faces import create_detector, faces_in
 from stream import Tracks, VideoWriter, annotate, box_overlap
 

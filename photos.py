@@ -1,0 +1,98 @@
+"""Photos from files: finding them, decoding them (the one decode path), and which pixels of a photo a crop shows.
+
+Not a script: the datasets, face detection, crop_faces.py, stream.py and the server decode through it.
+
+A crop is a region of the photo as fractions of its width and height (faces.crop_regions makes one per photo);
+crop_box_pixels turns it into the pixel box that is cut out and resized to the model's input: the region widened or
+heightened to the output's aspect ratio (never squashed), scaled by `zoom` (training decodes a larger view for its
+random crops to act in), shrunk to fit the photo if it is larger, and shifted inside it.
+"""
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cli import UserError, first_line
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def crop_box_pixels(region, photo_size, out_size, zoom=1.0):
+    """The pixel box (left, top, right, bottom) of a photo of `photo_size` = (width, height) that shows `region`
+    (fractions) at the aspect ratio of `out_size` = (height, width), scaled by `zoom` and kept inside the photo."""
+    photo_width, photo_height = photo_size
+    x1, y1, x2, y2 = np.asarray(region, dtype=float) * [photo_width, photo_height, photo_width, photo_height]
+    width, height = (x2 - x1) * zoom, (y2 - y1) * zoom
+    aspect = out_size[1] / out_size[0]
+    width, height = max(width, height * aspect), max(height, width / aspect)
+    fit = min(1.0, photo_width / width, photo_height / height)
+    width, height = width * fit, height * fit
+    left = min(max((x1 + x2 - width) / 2, 0.0), photo_width - width)
+    top = min(max((y1 + y2 - height) / 2, 0.0), photo_height - height)
+    return left, top, left + width, top + height
+
+
+def find_photos(folder):
+    """The photos (.jpg, .jpeg, .png) under `folder` at any depth, sorted by path, hidden files and folders left
+    out."""
+    folder = Path(folder)
+    return sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+
+
+def read_image(path):
+    """The photo at `path` as an RGB PIL image, decoded as decode_image does."""
+    return Image.fromarray(decode_image(path))
+
+
+def to_rgb(photo):
+    """A PIL image of any mode as 8-bit RGB: 16- and 32-bit integer pixels scaled from 0-65535 and float pixels from
+    0-1 (PIL would clip them to white or black; values outside are refused), a palette's transparency dropped as
+    PIL asks (through RGBA), every other mode converted by PIL."""
+    if photo.mode.startswith("I") or photo.mode == "F":
+        pixels, full_scale = np.asarray(photo, dtype=np.float64), 1.0 if photo.mode == "F" else 65535.0
+        if not (np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= full_scale):
+            raise ValueError(f"its {photo.mode} pixels are outside 0-{full_scale:g}")
+        return Image.fromarray(np.round(pixels * (255 / full_scale)).astype(np.uint8)).convert("RGB")
+    if photo.mode == "P" and "transparency" in photo.info:
+        photo = photo.convert("RGBA")
+    return photo.convert("RGB")
+
+
+def decode_image(path, size=None, region=None, zoom=1.0):
+    """The photo at `path` as a uint8 (H, W, 3) array, resized to `size` = (height, width) unless None; with a
+    `region` (fractions of the photo, see faces.crop_regions), only the box faces.crop_box_pixels makes of it.
+
+    The one place photos are decoded: any failure of PIL on the file's bytes (truncation, a decompression bomb,
+    a malformed header, a mode it cannot convert) is the one-line error naming the photo."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a likely bomb is refused, not decoded
+            with Image.open(path) as photo:
+                box = None if region is None else crop_box_pixels(region, photo.size, size, zoom)
+                if size is not None:
+                    # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale when that still covers `size`: several times
+                    # faster.
+                    shown = (photo.width, photo.height) if box is None else (box[2] - box[0], box[3] - box[1])
+                    full_width, full_height = photo.size
+                    photo.draft("RGB", (math.ceil(full_width * size[1] / shown[0]),
+                                        math.ceil(full_height * size[0] / shown[1])))
+                    if box is not None:  # the box in the reduced photo's pixels
+                        scale_x, scale_y = photo.width / full_width, photo.height / full_height
+                        box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
+                image = to_rgb(photo)
+    except Exception as error:  # noqa: BLE001 -- only PIL runs here, on bytes from outside: every failure is the file's
+        raise UserError(f"cannot decode {path}: {first_line(error)}") from None
+    if size is not None and (box is not None or image.size != (size[1], size[0])):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
+    return np.array(image)
+
+
+def crop_pixels(pixels, size, region):
+    """A uint8 (H, W, 3) array already decoded (a video frame) cut to `region` and resized to `size` as decode_image
+    cuts and resizes a photo."""
+    image = Image.fromarray(pixels)
+    box = crop_box_pixels(region, image.size, size)
+    return np.array(image.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box))
