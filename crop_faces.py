@@ -78,7 +78,7 @@ def crop_photo(image, faces, relative, destination, args):
     """Writes the crops of one photo's faces; returns its rows of faces.csv."""
     height, width = image.shape[:2]
     rows = []
-    for number, (box, score) in enumerate(faces):
+    for number, (box, score, _) in enumerate(faces):
         region = grow(np.array([box]), args.margin)[0]
         out_size = args.size or ((region[3] - region[1]) * height, (region[2] - region[0]) * width)
         name = relative.with_name(f"{relative.stem}_face{number}{relative.suffix}") if args.all_faces else relative
@@ -99,7 +99,7 @@ def main(argv=None):
     rows, without = [], 0
     for path, faces in zip(photos, found):
         relative = path.relative_to(source)
-        faces = [face for face in faces if face[1] >= args.min_score][:None if args.all_faces else 1]
+        faces = [face for face in faces if face.score >= args.min_score][:None if args.all_faces else 1]
         if faces:
             rows += crop_photo(decode_image(path), faces, relative, destination, args)
         else:

@@ -15,6 +15,7 @@ output's aspect ratio and to the photo, and photos.decode_image cuts that box ou
 import contextlib
 import multiprocessing
 import os
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -35,29 +36,37 @@ GPU_BATCH = 32
 WHOLE_PHOTO = (0.0, 0.0, 1.0, 1.0)
 
 
+class Face(NamedTuple):
+    """One face found in a photo, in fractions of the photo's width and height."""
+    box: tuple  # (x1, y1, x2, y2)
+    score: float  # the detector's confidence
+    landmarks: np.ndarray  # (5, 2) x, y of the left eye, right eye, nose tip, left and right mouth corners
+
+
 def create_detector(device="cpu", min_face_size=MIN_FACE_SIZE):
     """MTCNN returning every face it finds; this module orders them by confidence."""
     return MTCNN(min_face_size=min_face_size, keep_all=True, select_largest=False, device=device)
 
 
 def faces_in(detector, images):
-    """The faces of each uint8 (H, W, 3) array of `images` (all of one size): a list per image of (box, score),
-    box = (x1, y1, x2, y2) as fractions of the photo, most confident first."""
-    boxes, scores = detector.detect(images if len(images) > 1 else images[0])
+    """The faces of each uint8 (H, W, 3) array of `images` (all of one size): a list of Face per image, most
+    confident first."""
+    boxes, scores, landmarks = detector.detect(images if len(images) > 1 else images[0], landmarks=True)
     if len(images) == 1:
-        boxes, scores = [boxes], [scores]
+        boxes, scores, landmarks = [boxes], [scores], [landmarks]
     height, width = images[0].shape[:2]
-    scale = np.array([width, height, width, height], dtype=float)
+    scale = np.array([width, height], dtype=float)
     found = []
-    for photo_boxes, photo_scores in zip(boxes, scores):
+    for photo_boxes, photo_scores, photo_landmarks in zip(boxes, scores, landmarks):
         if photo_boxes is None:
             found.append([])
             continue
         # detect() hands back object arrays: cast before any arithmetic
-        photo_boxes = np.asarray(photo_boxes, dtype=float).reshape(-1, 4) / scale
+        photo_boxes = np.asarray(photo_boxes, dtype=float).reshape(-1, 2, 2) / scale
         photo_scores = np.asarray(photo_scores, dtype=float).reshape(-1)
-        found.append([(tuple(np.clip(photo_boxes[k], 0, 1)), float(photo_scores[k]))
-                      for k in np.argsort(-photo_scores)])
+        photo_landmarks = np.asarray(photo_landmarks, dtype=float).reshape(-1, 5, 2) / scale
+        found.append([Face(tuple(np.clip(photo_boxes[k].reshape(4), 0, 1)), float(photo_scores[k]),
+                           photo_landmarks[k]) for k in np.argsort(-photo_scores)])
     return found
 
 
@@ -110,8 +119,7 @@ def detect_on_gpu(paths, device, min_face_size, progress):
 
 
 def detect_faces(paths, device="cpu", min_face_size=MIN_FACE_SIZE):
-    """Every face of every photo at `paths`: per photo a list of (box, score), most confident first, boxes as
-    fractions of the photo. With a progress bar; a photo that does not decode stops with the one-line error."""
+    """Every face of every photo at `paths`: per photo a list of Face, most confident first. With a progress bar; a photo that does not decode stops with the one-line error."""
     paths = [str(path) for path in paths]
     device = torch.device(device)
     with tqdm(total=len(paths), desc="detecting faces", unit="photo") as progress:
@@ -122,7 +130,7 @@ def detect_faces(paths, device="cpu", min_face_size=MIN_FACE_SIZE):
 
 def box_frame(faces):
     """The most confident face of each photo as a frame of BOX_COLUMNS and SCORE_COLUMN, NaN where none was found."""
-    rows = [(*found[0][0], found[0][1]) if found else (np.nan,) * 5 for found in faces]
+    rows = [(*found[0].box, found[0].score) if found else (np.nan,) * 5 for found in faces]
     return pd.DataFrame(rows, columns=[*BOX_COLUMNS, SCORE_COLUMN])
 
 

@@ -239,27 +239,28 @@ def face_margin(config):
 
 def classify_faces(model, config, scheme, frame, faces, device):
     """Each face's class probabilities: its box grown by the run's margin, cropped and resized as at training."""
-    size, regions = tuple(config["resize"]), grow([box for box, _ in faces], face_margin(config))
+    size, regions = tuple(config["resize"]), grow([face.box for face in faces], face_margin(config))
     crops = torch.stack([torch.from_numpy(crop_pixels(frame, size, region)).permute(2, 0, 1) for region in regions])
     return predict_batch(model, crops, config["head"], scheme, device).numpy()
 
 
 def process(frame, frame_index, seconds, *, detector, model, config, scheme, tracks, args, device):
     """The CSV rows of one processed frame: its faces, classified and tracked."""
-    found = [face for face in faces_in(detector, [frame])[0] if face[1] >= args.min_score][:args.max_faces]
+    found = [face for face in faces_in(detector, [frame])[0] if face.score >= args.min_score][:args.max_faces]
     if not found:
         tracks.update([], [])
         return []
     classes = scheme.classes
     probabilities = classify_faces(model, config, scheme, frame, found, device)
     height, width = frame.shape[:2]
-    boxes = [tuple(np.asarray(box) * [width, height, width, height]) for box, _ in found]
+    boxes = [tuple(np.asarray(face.box) * [width, height, width, height]) for face in found]
     numbers, smoothed = tracks.update(boxes, probabilities)
     return [{"frame": frame_index, "time": round(seconds, 4), "track": track,
              **dict(zip(("x1", "y1", "x2", "y2"), np.round(box, 1))), "score": round(detection_score, 4),
              "label": classes[int(np.argmax(mean))], "confidence": float(np.max(mean)),
              **{f"prob_{name}": float(value) for name, value in zip(classes, vector)}}
-            for (_, detection_score), box, track, mean, vector in zip(found, boxes, numbers, smoothed, probabilities)]
+            for (_, detection_score, _), box, track, mean, vector in zip(found, boxes, numbers, smoothed,
+                                                                          probabilities)]
 
 
 def annotate(frames, args, rate, total, writer, analyse, classes):

@@ -31,12 +31,16 @@ def portrait(tmp_path_factory):
 
 def test_mtcnn_finds_the_face_of_a_real_portrait(portrait):
     [faces] = detect_faces([portrait])
-    (x1, y1, x2, y2), score = faces[0]
+    (x1, y1, x2, y2), score, landmarks = faces[0]
     assert score > 0.99
     centre_x, centre_y = (x1 + x2) / 2 * 512, (y1 + y2) / 2 * 512
     left, top, right, bottom = ASTRONAUT_FACE
     assert left < centre_x < right and top < centre_y < bottom
     assert 0.5 < (x2 - x1) * 512 / (right - left) < 1.2  # the face, not the whole photo nor an eye
+    (left_eye, right_eye, nose, mouth_left, mouth_right) = landmarks
+    assert all(x1 < x < x2 and y1 < y < y2 for x, y in landmarks)
+    assert left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
 
 
 def test_a_photo_without_a_face_has_none(tmp_path):

@@ -60,7 +60,7 @@ def test_every_face_of_every_processed_frame_gets_one_row(clip, tmp_path):
     rows = pd.read_csv(tmp_path / "faces.csv")
     detector = create_detector()
     frames = read_video(clip / "clip.mp4")
-    expected = {index: sum(score >= 0.5 for _, score in faces_in(detector, [frame])[0])
+    expected = {index: sum(face.score >= 0.5 for face in faces_in(detector, [frame])[0])
                 for index, frame in enumerate(frames) if index % 2 == 0}
     assert sum(expected.values()) >= FRAMES // 2  # the astronaut is found in every processed frame
     assert rows.groupby("frame").size().reindex(list(expected), fill_value=0).to_dict() == expected
