@@ -30,7 +30,7 @@ from tqdm import tqdm
 from cli import UserError, inside
 from faces import BOX_COLUMNS, SCORE_COLUMN
 from fileio import atomic_path, open_lock, read_csv, write_json
-from photos import decode_image
+from photos import DECODING, decode_image
 
 
 class MaskLabel(IntEnum):
@@ -272,8 +272,8 @@ class DecodedCache:
     with `regions` (one per path, fractions of the photo) each photo cut to its crop first, enlarged by `zoom`.
 
     `disk` keeps it in `directory` as <key>.u8, the raw pixels that numpy.memmap maps, and <key>.json, its manifest
-    (the size, the crop, and every photo's path, bytes and mtime_ns), key being a hash of the sorted paths, the
-    size and the crop: later epochs, runs and loader workers map the file (the OS page cache shares it) instead of
+    (the size, the crop, photos.DECODING and every photo's path, bytes and mtime_ns), key being a hash of the sorted
+    paths, the size, the crop and the decoding: later epochs, runs and loader workers map the file (the OS page cache shares it) instead of
     decoding, and another crop or margin is another cache. A cache whose manifest no longer matches the photos is
     rebuilt. A build writes the pixels under a temporary name, moves them into place, and only then writes the
     manifest: a build killed halfway leaves no cache that is used. `ram` builds the array in this process's memory
@@ -294,7 +294,7 @@ class DecodedCache:
             self.array = np.empty(self.shape, np.uint8)
             self.decode(self.array)
         else:
-            key = hashlib.sha1(json.dumps([self.paths, self.size, self.crop()]).encode()).hexdigest()[:16]
+            key = hashlib.sha1(json.dumps([self.paths, self.size, self.crop(), DECODING]).encode()).hexdigest()[:16]
             self.file = Path(directory) / f"{key}.u8"
             self.build_unless_fresh()
 
@@ -312,7 +312,7 @@ class DecodedCache:
     def manifest(self):
         """What a cache of the photos as they are now records: the size and each photo's path, bytes and mtime."""
         stats = [os.stat(path) for path in self.paths]
-        return {"size": list(self.size), "crop": self.crop(),
+        return {"size": list(self.size), "crop": self.crop(), "decoding": DECODING,
                 "files": [[path, stat.st_size, stat.st_mtime_ns] for path, stat in zip(self.paths, stats)]}
 
     def is_fresh(self, manifest):
