@@ -57,22 +57,48 @@ def build_classifier_network(library, name, pretrained):
     return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
 
 
+def key_prefixes(keys, depth):
+    """Every prefix of dotted `keys` of at most `depth` parts, each ending in a dot, and the empty prefix."""
+    return {""} | {".".join(parts[:n]) + "." for parts in (key.split(".") for key in keys)
+                   for n in range(1, min(depth, len(parts) - 1) + 1)}
+
+
+def matching_prefixes(state, own):
+    """The renaming of a weights file's keys onto a network's that maps the most tensors of the same shape: (the
+    prefix taken off the file's keys, the prefix put on, {network key: tensor}). It finds torchvision's
+    `features.` under another program's `bottom.`, a run checkpoint's `backbone.`, DataParallel's `module.`."""
+    best = ("", "", {})
+    for removed in sorted(key_prefixes(state, 2)):
+        for added in sorted(key_prefixes(own, 1)):
+            renamed = {added + key[len(removed):]: value for key, value in state.items() if key.startswith(removed)}
+            matching = {key: value for key, value in renamed.items()
+                        if key in own and own[key].shape == value.shape}
+            if len(matching) > len(best[2]):
+                best = (removed, added, matching)
+    return best
+
+
 def load_pretrained_file(network, path):
-    """Loads a local weights file into the network, ignoring tensors whose shape differs (the classifier). The file
-    is a library's state_dict (one under `state_dict` or `model` too) or a checkpoint of this toolkit, whose
-    `backbone.` weights start the new run (fine-tuning one run's network on another data set)."""
+    """Loads a local weights file into the network and says what it loaded: a library's state_dict (one under
+    `state_dict` or `model` too), another program's (its keys under another prefix, found by matching_prefixes) or a
+    checkpoint of this toolkit, whose `backbone.` weights start the new run. Tensors of another shape (a classifier
+    of other classes) are skipped; a file that fits less than half the network is refused."""
     state = load_checkpoint(path, keys=())  # any weights file: a bare state_dict, or one under state_dict or model
     for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
+        if isinstance(state.get(key), dict):
             state = state[key]
-    state = {key.removeprefix("backbone."): value for key, value in state.items()}
+    state = {key: value for key, value in state.items() if isinstance(key, str) and isinstance(value, torch.Tensor)}
     own = network.state_dict()
-    matching = {key: value for key, value in state.items()
-                if key in own and isinstance(value, torch.Tensor) and own[key].shape == value.shape}
+    removed, added, matching = matching_prefixes(state, own)
     if len(matching) < len(own) // 2:
-        raise UserError(f"{path} does not hold weights of this model: only {len(matching)} of "
-                        f"{len(own)} tensors match")
+        raise UserError(f"{path} does not hold weights of this model: at most {len(matching)} of its "
+                        f"{len(own)} tensors match, whatever the key prefix")
     network.load_state_dict(matching, strict=False)
+    renamed = f" (keys {removed or '(none)'}* as {added or ''}*)" if removed != added else ""
+    untouched = [key for key in own if key not in matching]
+    print(f"pretrained weights: {len(matching)} of the network's {len(own)} tensors loaded from {path}{renamed}; "
+          f"{len(state) - len(matching)} of the file's tensors skipped; left as initialised: "
+          f"{', '.join(untouched[:3]) or 'none'}{' ...' if len(untouched) > 3 else ''}")
 
 
 def remove_classifier(network, library):

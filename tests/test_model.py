@@ -65,6 +65,32 @@ def test_pretrained_path_takes_the_backbone_of_another_runs_checkpoint(tmp_path)
     assert started.head.weight.shape[0] == 2  # the head is the new scheme's, not the checkpoint's
 
 
+def test_pretrained_path_finds_the_prefix_of_another_programs_keys(tmp_path, capsys):
+    import timm
+    reference = timm.create_model("test_resnet")
+    torch.save({"state_dict": {f"module.encoder.{key}": value for key, value in reference.state_dict().items()}},
+               tmp_path / "wrapped.pth")
+    backbone, _ = create_backbone("test_resnet", pretrained_path=tmp_path / "wrapped.pth")
+    assert all(torch.equal(value, reference.state_dict()[key]) for key, value in backbone.state_dict().items())
+    assert "module.encoder.* as *" in capsys.readouterr().out
+
+
+def test_real_imagenet_weights_load_into_torchvisions_mobilenet_v2(imagenet_mobilenet_v2, capsys):
+    """mask-recognition's file holds torchvision's ImageNet MobileNetV2 body as `bottom.*`: it starts `features.*`."""
+    weights = torch.load(imagenet_mobilenet_v2, map_location="cpu", weights_only=True)
+    model = MaskClassifier("torchvision:mobilenet_v2", "single", folder_scheme(["mask", "no_mask"]),
+                           pretrained_path=imagenet_mobilenet_v2)
+    features = model.backbone.features.state_dict()
+    assert len(features) == 312 and all(torch.equal(value, weights[f"bottom.{key}"]) for key, value in features.items())
+    printed = capsys.readouterr().out
+    assert "312 of the network's 314 tensors loaded" in printed and "bottom.* as features.*" in printed
+
+
+def test_a_weights_file_of_another_network_is_refused_in_one_line(imagenet_mobilenet_v2):
+    with pytest.raises(UserError, match="does not hold weights of this model"):
+        create_backbone("test_resnet", pretrained_path=imagenet_mobilenet_v2)
+
+
 def test_pretrained_offline_fails_with_a_one_line_hint(sample_data, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "empty_cache"),
            "HF_HOME": str(tmp_path / "empty_hf")}
