@@ -62,6 +62,9 @@ def get_args_parser():
     return parser
 
 
+COLLAPSED_SHARE = 0.95  # predictions this much of one value, when the truth is not, say the model learned nothing else
+
+
 def macro_f1(true_labels, predicted_labels, num_classes):
     """Macro F1 over all `num_classes` labels: a class never predicted nor present counts as 0."""
     return float(f1_score(true_labels, predicted_labels, labels=np.arange(num_classes), average="macro",
@@ -79,6 +82,20 @@ def score(true_labels, predicted_labels, scheme=COMPETITION):
                                                          scheme.decode(predicted_labels)):
             metrics[f"{task}_f1"] = macro_f1(true_task, predicted_task, size)
     return metrics
+
+
+def collapsed_tasks(true_labels, predicted_labels, scheme):
+    """The tasks of the scheme (its classes, for one task) whose predictions collapsed onto one value: it takes at
+    least COLLAPSED_SHARE of the predictions while no value takes that share of the truth. {task: (the value's
+    name, its share of the predictions, its share of the truth)}."""
+    collapsed = {}
+    for (task, names), truth, predicted in zip(scheme.tasks.items(), scheme.decode(np.asarray(true_labels)),
+                                               scheme.decode(np.asarray(predicted_labels))):
+        counts = np.bincount(predicted, minlength=len(names))
+        share, truth_top = counts.max() / len(predicted), np.bincount(truth).max() / len(truth)
+        if len(names) > 1 and share >= COLLAPSED_SHARE and truth_top < COLLAPSED_SHARE:
+            collapsed[task] = (names[counts.argmax()], float(share), float(np.mean(truth == counts.argmax())))
+    return collapsed
 
 
 def class_f1(true_labels, predicted_labels, scheme):

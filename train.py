@@ -41,7 +41,7 @@ from augmentation import (AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_batch_
 from dataset import (CACHE_MODES, SAMPLERS, ImageDataset, LabelScheme, SeededSampler, create_sampler,
                      frame_scheme, load_folds, loader_options, open_cache, parse_age_range, run_scheme, target_scheme,
                      training_targets)
-from evaluation import class_f1, score
+from evaluation import class_f1, collapsed_tasks, score
 from faces import CROP_MODES, check_crop_box, crop_regions
 from fileio import (load_checkpoint, make_dir, read_json, remove_unfinished_runs, save_checkpoint, write_csv,
                     write_json)
@@ -336,6 +336,14 @@ def log_epoch(run_dir, writer, history, row):
                                          if "/" in name), flush=True)
 
 
+def collapse_warning(collapsed, epoch):
+    """The line that says the validation predictions collapsed onto one value (collapsed_tasks), and what to try."""
+    what = "; ".join(f"{task} {name!r} for {share:.0%} of the fold (truth {truth:.0%})"
+                     for task, (name, share, truth) in collapsed.items())
+    return (f"warning: epoch {epoch}'s validation predictions collapsed onto one value: {what}. Try starting from "
+            "pretrained weights (--pretrained, --pretrained_path), a lower --lr, more --epochs, or another --model")
+
+
 def draw_epoch(run_dir, writer, history, targets, probabilities, scheme):
     """curves.png redrawn from the whole history, and the epoch's confusion matrix in TensorBoard."""
     reports.save_figure(reports.curves_figure({run_dir.name: pd.DataFrame(history)}), run_dir / "curves.png")
@@ -491,19 +499,26 @@ def train_fold(args, frame, run_dir, fold, resume=False):
             training.scheduler.step(metrics["val_f1"])
         selected = metrics[SELECT[args.select]]
         improved = selected > progress["best_score"]
-        row = {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": training.scheduler.get_last_lr()[0],
-               "seconds": time.time() - started}
+        collapsed = collapsed_tasks(training.valid_loader.dataset.targets, probabilities.argmax(dim=1).numpy(),
+                                    run_scheme(vars(args)))
+        row = {"epoch": epoch, "train_loss": train_loss, **metrics, "val_collapsed": float(bool(collapsed)),
+               "lr": training.scheduler.get_last_lr()[0], "seconds": time.time() - started}
         progress = {"epoch": epoch, "best_score": max(progress["best_score"], selected),
                     "epochs_without_improvement": 0 if improved else progress["epochs_without_improvement"] + 1,
                     "history": progress["history"] + [row]}
         if distributed.is_main():  # rank 0 alone writes checkpoints and logs
             save_epoch(run_dir, args, training, progress, metrics, probabilities, improved)
             log_epoch(run_dir, writer, progress["history"], row)  # after last.pth: the logs show no lost epoch
+            if collapsed:
+                print(collapse_warning(collapsed, epoch), flush=True)
             draw_epoch(run_dir, writer, progress["history"], training.valid_loader.dataset.targets, probabilities,
                        run_scheme(vars(args)))
     if writer is not None:
         writer.close()
-    print(f"best {SELECT[args.select]} {progress['best_score']:.4f}; checkpoints in {run_dir}")
+    best_row = max(progress["history"], key=lambda row: row[SELECT[args.select]], default={})
+    collapsed = " (its validation predictions collapsed onto one value: see the warning)" if best_row.get(
+        "val_collapsed") else ""
+    print(f"best {SELECT[args.select]} {progress['best_score']:.4f}{collapsed}; checkpoints in {run_dir}")
     distributed.barrier()  # rank 0 has written best.pth
     best = load_checkpoint(run_dir / "best.pth")
     if distributed.is_main():
