@@ -14,15 +14,21 @@ from model import check_amp
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
               "sgdp": SGDP, "adamp": AdamP}
+FUSED = ("sgd", "adam", "adamw")  # torch's own, with one fused kernel for all parameters on FUSED_DEVICES
+FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
 SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
 WARMUP_START = 0.01  # warmup's first learning rate, as a fraction of --lr
 
 
 def create_optimizer(args, parameters):
-    """The --optimizer over `parameters` with --lr, --weight_decay and (sgd, sgdp) --momentum."""
+    """The --optimizer over `parameters` with --lr, --weight_decay and (sgd, sgdp) --momentum. torch's optimizers
+    update every parameter in one fused kernel where the device has one, else with its multi-tensor (foreach)
+    kernels: on a CPU torch would otherwise loop over the parameters one by one. adamp's loop over them always."""
     options = {"lr": args.lr, "weight_decay": args.weight_decay}
     if args.optimizer in ("sgd", "sgdp"):
         options["momentum"] = args.momentum
+    if args.optimizer in FUSED:
+        options["fused" if torch.device(args.device).type in FUSED_DEVICES else "foreach"] = True
     return OPTIMIZERS[args.optimizer](parameters, **options)
 
 

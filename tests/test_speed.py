@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 import dataset
+import optim
 import train
 from augmentation import BatchMixer, create_transform, decode_size
 from cli import UserError
@@ -175,6 +176,27 @@ def test_validation_runs_under_the_training_autocast_and_memory_format():
     assert seen == [(None, False), (torch.bfloat16, True)]
     assert fast_probabilities.dtype == torch.float32
     assert torch.allclose(fast_probabilities, plain_probabilities, atol=0.05)  # bf16 keeps ~3 significant digits
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "sgdp", "adamp"])
+def test_torchs_optimizers_update_in_one_fused_kernel_and_match_the_loop(name, monkeypatch):
+    args = train.get_args_parser().parse_args([*TINY, "--optimizer", name, "--device", "cpu"])
+    model = MaskClassifier("test_resnet", "single", COMPETITION)
+    optimizer = create_optimizer(args, model.parameters())
+    assert optimizer.defaults.get("fused", False) is (name in ("sgd", "adam", "adamw"))
+    looped_model = MaskClassifier("test_resnet", "single", COMPETITION)
+    looped_model.load_state_dict(model.state_dict())
+    monkeypatch.setattr(optim, "FUSED", ())  # torch's loop over the parameters, one by one
+    looped = create_optimizer(args, looped_model.parameters())
+    assert not looped.defaults.get("fused") and not looped.defaults.get("foreach")
+    images, targets = torch.randint(0, 256, (4, 3, 64, 48), dtype=torch.uint8), torch.tensor([0, 5, 9, 17])
+    for network, step in ((model, optimizer), (looped_model, looped)):
+        for _ in range(2):
+            step.zero_grad()
+            torch.nn.functional.cross_entropy(network(images), targets).backward()
+            step.step()
+    for fused, plain in zip(model.parameters(), looped_model.parameters()):
+        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
 
 
 def test_last_pth_keeps_the_fp16_loss_scale_for_a_resume(tmp_path):
