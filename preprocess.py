@@ -238,13 +238,21 @@ def assign_folds(frame, kfold, seed):
     people = frame["id"].nunique()
     if people < kfold:
         raise cli.UserError(f"{people} people cannot fill {kfold} folds: add data or lower --kfold")
-    person_class = frame["gender_label"] * 3 + frame["age_label"]
+    return split_folds(frame, frame["gender_label"] * 3 + frame["age_label"], frame["id"], kfold, seed)
+
+
+def split_folds(frame, strata, groups, kfold, seed):
+    """`frame` with the column fold: StratifiedGroupKFold's, a group never on both sides, each fold's mix of
+    `strata` as close to the whole's as the groups allow."""
+    if (counts := strata.value_counts()).max() < kfold:
+        raise cli.UserError(f"no class has {kfold} photos to spread over {kfold} folds (the most: {counts.max()}): "
+                            "add photos or lower --kfold")
     splitter = StratifiedGroupKFold(n_splits=kfold, shuffle=True, random_state=seed)
     frame["fold"] = -1
     with warnings.catch_warnings():
-        # Small data sets have classes rarer than kfold; the split is still by person, only less even.
+        # Small data sets have classes rarer than kfold; the split is still by group, only less even.
         warnings.filterwarnings("ignore", message="The least populated class")
-        for fold, (_, held_out) in enumerate(splitter.split(frame, person_class, groups=frame["id"])):
+        for fold, (_, held_out) in enumerate(splitter.split(frame, strata, groups=groups)):
             frame.loc[frame.index[held_out], "fold"] = fold
     return frame
 
@@ -310,13 +318,7 @@ def class_folder_frame(rows, kfold, seed):
     groups = frame["group"].nunique()
     if groups < kfold:
         raise cli.UserError(f"{groups} subjects cannot fill {kfold} folds: add data or lower --kfold")
-    splitter = StratifiedGroupKFold(n_splits=kfold, shuffle=True, random_state=seed)
-    frame["fold"] = -1
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class")
-        for fold, (_, held_out) in enumerate(splitter.split(frame, frame["label"], groups=frame["group"])):
-            frame.loc[frame.index[held_out], "fold"] = fold
-    return frame
+    return split_folds(frame, frame["label"], frame["group"], kfold, seed)
 
 
 def competition_frame(args, data_dir):

@@ -2,6 +2,7 @@ import shutil
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from conftest import assert_one_line_error, run_script
 from generate_sample import generate
@@ -67,3 +68,11 @@ def test_skip_bad_skips_and_counts_the_offenders(data):
     assert result.returncode == 0, result.stderr
     assert "skipped 2 problem(s)" in result.stdout
     assert len(pd.read_csv(data.parent / "folds.csv")) == 12 * 7
+
+
+def test_classes_too_small_for_the_folds_are_one_line(tmp_path):
+    for name in ("mask", "no_mask"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (64, 64), (90, 60, 40)).save(tmp_path / "data" / name / "0001_photo.jpg")
+    result = preprocess(tmp_path / "data", "--layout", "folders", "--faces", "off", "--kfold", "2")
+    assert_one_line_error(result, "no class has 2 photos to spread over 2 folds")
