@@ -21,16 +21,23 @@ import numpy as np
 import pandas as pd
 import torch
 from facenet_pytorch import MTCNN
+from PIL import Image
 from tqdm import tqdm
 
 from cli import UserError
 from fileio import read_csv, write_csv
-from photos import decode_image
+from photos import DECODING, decode_image
 
 CROP_MODES = ("face", "box", "none")
 BOX_COLUMNS = ("face_x1", "face_y1", "face_x2", "face_y2")  # fractions of the photo's width and height
 SCORE_COLUMN = "face_score"
 MIN_FACE_SIZE = 40  # pixels: the same faces as MTCNN's default of 20 on these photos, at about half the CPU time
+DETECTORS = ("mtcnn", "yunet", "yunet+mtcnn", "mtcnn+yunet")
+DEFAULT_DETECTOR = "mtcnn"
+FACE_DETECTOR_COLUMN = "face_detector"  # the detector_signature of the boxes beside it
+MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)  # facenet-pytorch's defaults
+YUNET_MIN_SCORE = 0.5  # yuface's default
+YUNET_SIDE = 960  # yuface warns that larger photos degrade its detection
 DETECT_CHUNK = 8  # photos per task on the CPU: keeps the progress bar moving
 GPU_BATCH = 32
 WHOLE_PHOTO = (0.0, 0.0, 1.0, 1.0)
@@ -43,55 +50,129 @@ class Face(NamedTuple):
     landmarks: np.ndarray  # (5, 2) x, y of the left eye, right eye, nose tip, left and right mouth corners
 
 
-def create_detector(device="cpu", min_face_size=MIN_FACE_SIZE):
-    """MTCNN returning every face it finds; this module orders them by confidence."""
-    return MTCNN(min_face_size=min_face_size, keep_all=True, select_largest=False, device=device)
+class MtcnnDetector:
+    """facenet-pytorch's MTCNN, whose three small networks ship inside its wheel: boxes and five landmarks, batches
+    of same-size photos at once (on a GPU too). `thresholds` are its three stages' minimum confidences."""
+
+    def __init__(self, device="cpu", min_face_size=MIN_FACE_SIZE, thresholds=MTCNN_THRESHOLDS):
+        self.min_face_size = min_face_size
+        self.network = MTCNN(min_face_size=min_face_size, thresholds=list(thresholds), keep_all=True,
+                             select_largest=False, device=device)
+
+    def detect(self, images):
+        if min(images[0].shape[:2]) < self.min_face_size:  # smaller than the smallest face looked for: none
+            return [[] for _ in images]
+        boxes, scores, landmarks = self.network.detect(images if len(images) > 1 else images[0], landmarks=True)
+        if len(images) == 1:
+            boxes, scores, landmarks = [boxes], [scores], [landmarks]
+        scale = np.array(images[0].shape[1::-1], dtype=float)  # (width, height)
+        found = []
+        for photo_boxes, photo_scores, photo_landmarks in zip(boxes, scores, landmarks):
+            if photo_boxes is None:
+                found.append([])
+                continue
+            # detect() hands back object arrays: cast before any arithmetic
+            found.append(faces_of(np.asarray(photo_boxes, dtype=float).reshape(-1, 2, 2) / scale,
+                                  np.asarray(photo_scores, dtype=float).reshape(-1),
+                                  np.asarray(photo_landmarks, dtype=float).reshape(-1, 5, 2) / scale))
+        return found
+
+
+class YunetDetector:
+    """YuNet, the CNN of libfacedetection (BSD), compiled into the yuface wheel: boxes and five landmarks, one photo
+    at a time on the CPU. Photos larger than YUNET_SIDE are seen reduced to it, as yuface advises."""
+
+    def __init__(self, min_face_size=MIN_FACE_SIZE, min_score=YUNET_MIN_SCORE):
+        try:
+            import yuface
+        except ImportError:
+            raise UserError("the yunet detector needs the yuface package (pip install yuface; wheels for Linux and "
+                            "Windows): install it, or use --detector mtcnn") from None
+        self.yuface, self.min_face_size, self.min_score = yuface, min_face_size, min_score
+
+    def detect(self, images):
+        return [self.detect_one(image) for image in images]
+
+    def detect_one(self, image):
+        height, width = image.shape[:2]
+        reduce = min(1.0, YUNET_SIDE / max(height, width))
+        if reduce < 1:
+            image = np.asarray(Image.fromarray(image).resize((round(width * reduce), round(height * reduce)),
+                                                             Image.Resampling.BILINEAR))
+        shown = np.array(image.shape[1::-1], dtype=float)
+        scores, boxes, landmarks = self.yuface.detect(np.ascontiguousarray(image[:, :, ::-1]), self.min_score)  # BGR
+        boxes, scores = boxes.astype(float).reshape(-1, 2, 2), scores.astype(float) / 100
+        boxes[:, 1] += boxes[:, 0]  # (x, y, width, height) -> corners
+        large = (boxes[:, 1] - boxes[:, 0]).min(axis=1) >= self.min_face_size * reduce
+        return faces_of(boxes[large] / shown, scores[large], landmarks[large].astype(float).reshape(-1, 5, 2) / shown)
+
+
+class FallbackDetector:
+    """One detector, then another on the photos where the first found no face."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def detect(self, images):
+        found = self.first.detect(images)
+        missed = [k for k, faces in enumerate(found) if not faces]
+        for k, faces in zip(missed, self.second.detect([images[k] for k in missed]) if missed else []):
+            found[k] = faces
+        return found
+
+
+def faces_of(boxes, scores, landmarks):
+    """Face records, most confident first, of (N, 2, 2) corner boxes, (N,) scores and (N, 5, 2) landmarks in
+    fractions of the photo."""
+    return [Face(tuple(np.clip(boxes[k].reshape(4), 0, 1)), float(scores[k]), landmarks[k])
+            for k in np.argsort(-scores, kind="stable")]
+
+
+def create_detector(device="cpu", min_face_size=MIN_FACE_SIZE, name=DEFAULT_DETECTOR):
+    """The face detector `name` (one of DETECTORS; `a+b`: a, then b where a found nothing) looking for faces of at
+    least `min_face_size` pixels."""
+    if name not in DETECTORS:
+        raise UserError(f"--detector {name}: one of {', '.join(DETECTORS)}")
+    makers = {"mtcnn": lambda: MtcnnDetector(device, min_face_size),
+              "yunet": lambda: YunetDetector(min_face_size)}
+    first, _, second = name.partition("+")
+    return FallbackDetector(makers[first](), makers[second]()) if second else makers[first]()
+
+
+def detector_signature(name=DEFAULT_DETECTOR, min_face_size=MIN_FACE_SIZE):
+    """What made a set of boxes, kept beside them (FACE_DETECTOR_COLUMN): boxes of another signature are detected
+    again. It names the decoding too: boxes of photos decoded otherwise are fractions of another picture."""
+    return f"{name}:{min_face_size}:{DECODING}"
 
 
 def faces_in(detector, images):
     """The faces of each uint8 (H, W, 3) array of `images` (all of one size): a list of Face per image, most
     confident first."""
-    boxes, scores, landmarks = detector.detect(images if len(images) > 1 else images[0], landmarks=True)
-    if len(images) == 1:
-        boxes, scores, landmarks = [boxes], [scores], [landmarks]
-    height, width = images[0].shape[:2]
-    scale = np.array([width, height], dtype=float)
-    found = []
-    for photo_boxes, photo_scores, photo_landmarks in zip(boxes, scores, landmarks):
-        if photo_boxes is None:
-            found.append([])
-            continue
-        # detect() hands back object arrays: cast before any arithmetic
-        photo_boxes = np.asarray(photo_boxes, dtype=float).reshape(-1, 2, 2) / scale
-        photo_scores = np.asarray(photo_scores, dtype=float).reshape(-1)
-        photo_landmarks = np.asarray(photo_landmarks, dtype=float).reshape(-1, 5, 2) / scale
-        found.append([Face(tuple(np.clip(photo_boxes[k].reshape(4), 0, 1)), float(photo_scores[k]),
-                           photo_landmarks[k]) for k in np.argsort(-photo_scores)])
-    return found
+    return detector.detect(images)
 
 
 _worker_detector = None
 
 
-def _start_worker(min_face_size, pooled=True):
+def _start_worker(min_face_size, name, pooled=True):
     global _worker_detector
     if pooled:
         torch.set_num_threads(1)  # one core per process: the processes share them out
-    _worker_detector = create_detector("cpu", min_face_size)
+    _worker_detector = create_detector("cpu", min_face_size, name)
 
 
 def _detect_chunk(paths):
     return [faces_in(_worker_detector, [decode_image(path)])[0] for path in paths]
 
 
-def detect_on_cpu(paths, min_face_size, progress):
+def detect_on_cpu(paths, min_face_size, name, progress):
     chunks = [paths[start:start + DETECT_CHUNK] for start in range(0, len(paths), DETECT_CHUNK)]
     processes = min(os.cpu_count() or 1, len(chunks))
     if processes <= 1:
-        _start_worker(min_face_size, pooled=False)
+        _start_worker(min_face_size, name, pooled=False)
         pool = contextlib.nullcontext()
     else:
-        pool = multiprocessing.Pool(processes, _start_worker, (min_face_size,))
+        pool = multiprocessing.Pool(processes, _start_worker, (min_face_size, name))
     found = []
     with pool:
         for chunk_faces in (pool.imap if processes > 1 else map)(_detect_chunk, chunks):
@@ -100,8 +181,8 @@ def detect_on_cpu(paths, min_face_size, progress):
     return found
 
 
-def detect_on_gpu(paths, device, min_face_size, progress):
-    detector, found, batch = create_detector(device, min_face_size), [], []
+def detect_on_gpu(paths, device, min_face_size, name, progress):
+    detector, found, batch = create_detector(device, min_face_size, name), [], []
 
     def flush():
         found.extend(faces_in(detector, batch))
@@ -118,14 +199,16 @@ def detect_on_gpu(paths, device, min_face_size, progress):
     return found
 
 
-def detect_faces(paths, device="cpu", min_face_size=MIN_FACE_SIZE):
-    """Every face of every photo at `paths`: per photo a list of Face, most confident first. With a progress bar; a photo that does not decode stops with the one-line error."""
+def detect_faces(paths, device="cpu", min_face_size=MIN_FACE_SIZE, name=DEFAULT_DETECTOR):
+    """Every face of every photo at `paths` found by the detector `name`: per photo a list of Face, most confident
+    first. With a progress bar; a photo that does not decode stops with the one-line error. MTCNN batches photos on
+    a GPU; otherwise the photos are spread over the CPU's cores, one detector per process."""
     paths = [str(path) for path in paths]
     device = torch.device(device)
-    with tqdm(total=len(paths), desc="detecting faces", unit="photo") as progress:
-        if device.type == "cuda":
-            return detect_on_gpu(paths, device, min_face_size, progress)
-        return detect_on_cpu(paths, min_face_size, progress)
+    with tqdm(total=len(paths), desc=f"detecting faces ({name})", unit="photo") as progress:
+        if device.type == "cuda" and name.startswith("mtcnn"):
+            return detect_on_gpu(paths, device, min_face_size, name, progress)
+        return detect_on_cpu(paths, min_face_size, name, progress)
 
 
 def box_frame(faces):
