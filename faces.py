@@ -24,6 +24,7 @@ from facenet_pytorch import MTCNN
 from PIL import Image
 from tqdm import tqdm
 
+import cli
 from cli import UserError
 from fileio import read_csv, write_csv
 from photos import DECODING, decode_image
@@ -34,7 +35,10 @@ SCORE_COLUMN = "face_score"
 MIN_FACE_SIZE = 40  # pixels: the same faces as MTCNN's default of 20 on these photos, at about half the CPU time
 DETECTORS = ("mtcnn", "yunet", "yunet+mtcnn", "mtcnn+yunet")
 DEFAULT_DETECTOR = "mtcnn"
-FACE_DETECTOR_COLUMN = "face_detector"  # the detector_signature of the boxes beside it
+FACE_DETECTOR_COLUMN = "face_detector"  # the Detection signature of the boxes beside it
+FACE_CHOICES = ("typical", "score", "largest", "central")
+DEFAULT_FACE_CHOICE = "typical"
+FOUND_RATE_GAP = 0.05  # faces found this much more often for one class than another: the crop tells them apart
 MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)  # facenet-pytorch's defaults
 YUNET_MIN_SCORE = 0.5  # yuface's default
 YUNET_SIDE = 960  # yuface warns that larger photos degrade its detection
@@ -139,12 +143,6 @@ def create_detector(device="cpu", min_face_size=MIN_FACE_SIZE, name=DEFAULT_DETE
     return FallbackDetector(makers[first](), makers[second]()) if second else makers[first]()
 
 
-def detector_signature(name=DEFAULT_DETECTOR, min_face_size=MIN_FACE_SIZE):
-    """What made a set of boxes, kept beside them (FACE_DETECTOR_COLUMN): boxes of another signature are detected
-    again. It names the decoding too: boxes of photos decoded otherwise are fractions of another picture."""
-    return f"{name}:{min_face_size}:{DECODING}"
-
-
 def faces_in(detector, images):
     """The faces of each uint8 (H, W, 3) array of `images` (all of one size): a list of Face per image, most
     confident first."""
@@ -211,10 +209,106 @@ def detect_faces(paths, device="cpu", min_face_size=MIN_FACE_SIZE, name=DEFAULT_
         return detect_on_cpu(paths, min_face_size, name, progress)
 
 
-def box_frame(faces):
-    """The most confident face of each photo as a frame of BOX_COLUMNS and SCORE_COLUMN, NaN where none was found."""
-    rows = [(*found[0].box, found[0].score) if found else (np.nan,) * 5 for found in faces]
+class Detection(NamedTuple):
+    """How the face of each photo is found: the detector, the smallest face it looks for, and which face is the
+    photo's when it finds several (FACE_CHOICES). Kept beside the boxes it made as its signature."""
+    detector: str = DEFAULT_DETECTOR
+    min_face_size: int = MIN_FACE_SIZE
+    face_choice: str = DEFAULT_FACE_CHOICE
+
+    @property
+    def signature(self):
+        """The settings and the decoding that made a set of boxes: boxes of photos decoded otherwise (before EXIF
+        orientation was applied) are fractions of another picture."""
+        return f"{self.detector}:{self.min_face_size}:{self.face_choice}:{DECODING}"
+
+    @classmethod
+    def from_signature(cls, signature):
+        """The settings of a signature; a set of boxes saved before signatures were kept has LEGACY_SIGNATURE."""
+        parts = str(signature).split(":")
+        if (len(parts) != 4 or parts[0] not in DETECTORS or not parts[1].isdigit() or int(parts[1]) < 1
+                or parts[2] not in FACE_CHOICES):
+            raise UserError(f"face detection {signature!r} is not detector:min_face_size:face_choice:decoding "
+                            f"(detectors {', '.join(DETECTORS)}; choices {', '.join(FACE_CHOICES)})")
+        return cls(parts[0], int(parts[1]), parts[2])
+
+
+LEGACY_SIGNATURE = "mtcnn:40:score:stored"  # boxes and runs made before the choice of detectors
+
+
+def boxes_detection(frame, source):
+    """The signature of the detection that made a folds CSV's boxes: its FACE_DETECTOR_COLUMN, one value."""
+    if FACE_DETECTOR_COLUMN not in frame.columns:
+        return LEGACY_SIGNATURE
+    signatures = frame[FACE_DETECTOR_COLUMN].dropna().unique()
+    if len(signatures) > 1:
+        raise UserError(f"{source} holds boxes of several detections ({', '.join(map(str, signatures))}): "
+                        "rerun preprocess.py")
+    return Detection.from_signature(signatures[0]).signature if len(signatures) else LEGACY_SIGNATURE
+
+
+def run_detection(config):
+    """The signature of the detection a run's training boxes came from (train.py records it): the eval photos'
+    faces are found the same way."""
+    return config.get("face_detection") or LEGACY_SIGNATURE
+
+
+def add_detection_flags(group, face_choice=True, min_face_size=MIN_FACE_SIZE):
+    """--detector, --min_face_size and (where one face per photo is kept) --face_choice, in a script's group."""
+    cli.add_flag(group, "detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
+                 help="face detector: mtcnn, yunet, or one backed by the other where it finds no face")
+    cli.add_flag(group, "min_face_size", type=cli.positive_int, default=min_face_size,
+                 help="the smallest face looked for, in pixels")
+    if face_choice:
+        cli.add_flag(group, "face_choice", default=DEFAULT_FACE_CHOICE, choices=FACE_CHOICES,
+                     help="the face a photo is of when several are found: typical (nearest the set's usual place "
+                          "and size), score (most confident), largest, central")
+
+
+def detection_of(args):
+    """The Detection of a script's --detector, --min_face_size and --face_choice."""
+    return Detection(args.detector, args.min_face_size, getattr(args, "face_choice", DEFAULT_FACE_CHOICE))
+
+
+def usual_face(faces):
+    """The median box (4,) of the most confident face of each photo that has one: where this set's faces sit."""
+    boxes = [found[0].box for found in faces if found]
+    return np.median(np.array(boxes), axis=0) if boxes else None
+
+
+def choose_face(found, choice, usual=None):
+    """The face a photo is of among `found` (its Face list, most confident first): `score` the most confident,
+    `largest` the largest, `central` the nearest the photo's centre, `typical` the nearest the set's `usual` face
+    in place and size (centre distance over the usual box's diagonal, plus the log of the area ratio)."""
+    if not found:
+        return None
+    boxes = np.array([face.box for face in found])
+    centres, areas = (boxes[:, :2] + boxes[:, 2:]) / 2, np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    if choice == "score" or (choice == "typical" and usual is None):
+        return found[0]
+    if choice == "largest":
+        return found[int(np.argmax(areas))]
+    if choice == "central":
+        return found[int(np.argmin(np.linalg.norm(centres - 0.5, axis=1)))]
+    usual_centre, usual_size = (usual[:2] + usual[2:]) / 2, usual[2:] - usual[:2]
+    cost = (np.linalg.norm(centres - usual_centre, axis=1) / np.linalg.norm(usual_size)
+            + np.abs(np.log(np.maximum(areas, 1e-9) / np.prod(usual_size))))
+    return found[int(np.argmin(cost))]
+
+
+def box_frame(faces, choice=DEFAULT_FACE_CHOICE):
+    """The face each photo is of (choose_face) as a frame of BOX_COLUMNS and SCORE_COLUMN, NaN where none was
+    found."""
+    usual = usual_face(faces) if choice == "typical" else None
+    chosen = [choose_face(found, choice, usual) for found in faces]
+    rows = [(*face.box, face.score) if face else (np.nan,) * 5 for face in chosen]
     return pd.DataFrame(rows, columns=[*BOX_COLUMNS, SCORE_COLUMN])
+
+
+def find_boxes(paths, detection=Detection(), device="cpu"):
+    """The box of each photo's face under `detection` (box_frame of detect_faces)."""
+    faces = detect_faces(paths, device, detection.min_face_size, detection.detector)
+    return box_frame(faces, detection.face_choice)
 
 
 def report_detection(frame, names, missing_path):
@@ -225,29 +319,57 @@ def report_detection(frame, names, missing_path):
           f"the {missing.sum()} without one are listed in {missing_path}")
 
 
-def kept_boxes(paths, names, store, device="cpu"):
-    """The most confident face of each photo at `paths` (as box_frame gives it), detected only where `store`, a CSV
-    of earlier detections, holds no row for the photo as it is now (its name in `names`, its bytes and mtime):
-    the first call detects them all, later ones reuse them, a changed or new photo is detected again. `store` is
-    rewritten with the result, the photos without a face are listed in no_face.csv beside it, and the count
-    printed."""
+def found_rates(found, labels):
+    """The share of photos with a face for each value of each labelling: `found` a bool per photo, `labels` a frame
+    of one column per task (mask, gender, age; or class) holding each photo's value. A frame of task, value, photos,
+    found, rate."""
+    rows = [{"task": task, "value": value, "photos": int(len(rows)), "found": int(rows.sum()),
+             "rate": float(rows.mean())}
+            for task in labels.columns for value, rows in pd.Series(found).groupby(labels[task].to_numpy(), sort=True)]
+    return pd.DataFrame(rows, columns=["task", "value", "photos", "found", "rate"])
+
+
+def report_found_rates(found, labels, path):
+    """Prints the face-found rate of every task value (found_rates), writes them to `path`, and warns where one
+    task's rates lie more than FOUND_RATE_GAP apart: the crop then differs by class, a shortcut a model can learn
+    here that fails wherever the detector behaves otherwise."""
+    rates = found_rates(found, labels)
+    write_csv(rates, path)
+    for task, rows in rates.groupby("task", sort=False):
+        shown = ", ".join(f"{value} {rate:.0%}" for value, rate in zip(rows["value"], rows["rate"]))
+        print(f"faces found by {task}: {shown}")
+        if len(rows) > 1 and rows["rate"].max() - rows["rate"].min() > FOUND_RATE_GAP:
+            print(f"warning: faces are found more often for some {task} values than others ({shown}): their crops "
+                  "differ by class, a shortcut a model can learn. Try another --detector or a smaller "
+                  "--min_face_size (benchmark_faces.py measures them)")
+    return rates
+
+
+def kept_boxes(paths, names, store, device="cpu", detection=Detection()):
+    """The face box of each photo at `paths` under `detection` (find_boxes), detected only where `store`, a CSV
+    of earlier detections, holds no row for the photo as it is now (its name in `names`, its bytes and mtime) and
+    the same detection (its signature): the first call detects them all, later ones reuse them, a changed or new
+    photo, or another detection, is detected again. `store` is rewritten with the result, the photos without a face
+    are listed in no_face.csv beside it, and the count printed."""
     stats = [os.stat(path) for path in paths]
+    key = ["path", "bytes", "mtime_ns", FACE_DETECTOR_COLUMN]
     current = pd.DataFrame({"path": list(names), "bytes": [stat.st_size for stat in stats],
-                            "mtime_ns": [stat.st_mtime_ns for stat in stats]})
+                            "mtime_ns": [stat.st_mtime_ns for stat in stats],
+                            FACE_DETECTOR_COLUMN: detection.signature})
     try:
-        kept = read_csv(store, dtype={"path": str}) if store.is_file() else None
+        kept = read_csv(store, dtype={"path": str, FACE_DETECTOR_COLUMN: str}) if store.is_file() else None
     except UserError:
         kept = None  # an unreadable store is detected anew
-    columns = [*current.columns, *BOX_COLUMNS, SCORE_COLUMN]
+    columns = [*key, *BOX_COLUMNS, SCORE_COLUMN]
     if kept is None or not set(columns) <= set(kept.columns):
         kept = pd.DataFrame(columns=columns)
-    merged = current.merge(kept[columns].drop_duplicates(["path", "bytes", "mtime_ns"]), how="left",
-                           on=["path", "bytes", "mtime_ns"], indicator=True)
+    merged = current.merge(kept[columns].drop_duplicates(key), how="left", on=key, indicator=True)
     stale = (merged.pop("_merge") == "left_only").to_numpy()
     if stale.any():
         if len(kept):
-            print(f"faces: detecting the {stale.sum()} photos that {store} does not hold as they are now")
-        detected = box_frame(detect_faces([path for path, new in zip(paths, stale) if new], device))
+            print(f"faces: detecting the {stale.sum()} photos that {store} does not hold as they are now "
+                  f"(detection {detection.signature})")
+        detected = find_boxes([path for path, new in zip(paths, stale) if new], detection, device)
         merged.loc[stale, [*BOX_COLUMNS, SCORE_COLUMN]] = detected.to_numpy()
         write_csv(merged, store)
     boxes = merged[[*BOX_COLUMNS, SCORE_COLUMN]].astype(float)

@@ -41,7 +41,7 @@ from augmentation import create_transform
 from dataset import (CACHE_MODES, COMPETITION, ImageDataset, frame_scheme, load_folds,
                      loader_options, open_cache, run_scheme, training_targets)
 from evaluation import score
-from faces import BOX_COLUMNS, crop_regions, fallback_face, kept_boxes
+from faces import BOX_COLUMNS, Detection, crop_regions, fallback_face, kept_boxes, run_detection
 from fileio import load_checkpoint, read_csv, read_json
 from exported import OnnxClassifier, read_config
 from model import AMP_DTYPES, HEADS, check_amp, create_model, load_weights, place_model, predict
@@ -226,34 +226,38 @@ def read_folds(csv, train_dir, fold):
 class FaceBoxes:
     """The face boxes of the photos predicted, found when a run first needs them: for --fold K the folds CSV's,
     the photos without a face falling back on the median face of the whole CSV as in training; for the eval set
-    detected once and kept in faces.csv beside info.csv (faces.kept_boxes), falling back on its own median."""
+    detected as the run's training photos were (its face_detection) and kept in faces.csv beside info.csv
+    (faces.kept_boxes), falling back on its own median."""
 
     def __init__(self, args, paths, device):
         self.args, self.paths, self.device = args, paths, device
-        self.boxes = self.fallback = None
+        self.found = {}  # detection signature: (boxes, fallback)
 
-    def find(self):
+    def find(self, signature):
         if self.args.fold is None:
             folder = is_photo_folder(self.args)
             images = Path(self.args.data_dir) / ("" if folder else "images")
             store = cache_dir(self.args) / "faces.csv" if folder else Path(self.args.data_dir) / "faces.csv"
-            self.boxes = kept_boxes(self.paths, [os.path.relpath(path, images) for path in self.paths], store,
-                                    self.device)
-            self.fallback = fallback_face(self.boxes)
-            return
+            boxes = kept_boxes(self.paths, [os.path.relpath(path, images) for path in self.paths], store,
+                               self.device, Detection.from_signature(signature))
+            return boxes, fallback_face(boxes)
         frame = read_folds(self.args.csv, self.args.train_dir, self.args.fold)
         if not set(BOX_COLUMNS) <= set(frame.columns):
             raise cli.UserError("the folds CSV has no face boxes: rerun preprocess.py without --faces off")
-        self.boxes = frame.loc[frame["fold"] == self.args.fold, list(BOX_COLUMNS)].reset_index(drop=True)
-        self.fallback = fallback_face(frame)
+        return frame.loc[frame["fold"] == self.args.fold, list(BOX_COLUMNS)].reset_index(drop=True), \
+            fallback_face(frame)
 
     def regions(self, config):
         """Each photo's crop region under the run's config (faces.crop_regions); None for the whole photo."""
         crop = config.get("crop", "none")  # runs saved before crops existed saw the whole photo
-        if crop == "face" and self.boxes is None:
-            self.find()
-        boxes = self.boxes if crop == "face" else pd.DataFrame(index=range(len(self.paths)))
-        return crop_regions(boxes, crop, config.get("face_margin", 0.0), config.get("crop_box"), self.fallback)
+        if crop != "face":
+            return crop_regions(pd.DataFrame(index=range(len(self.paths))), crop, config.get("face_margin", 0.0),
+                                config.get("crop_box"))
+        signature = run_detection(config)
+        if signature not in self.found:
+            self.found[signature] = self.find(signature)
+        boxes, fallback = self.found[signature]
+        return crop_regions(boxes, crop, config.get("face_margin", 0.0), config.get("crop_box"), fallback)
 
 
 def is_photo_folder(args):

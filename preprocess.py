@@ -27,24 +27,30 @@ in the file name names the subject (photos of one subject stay in one fold); wit
 group. Files that are not photos, photos that do not decode, and empty class folders are problems as above; a
 single class folder stops the run.
 
-Every photo's face is detected once here (faces.py, MTCNN): the most confident face's box, as fractions of the
-photo, and its score go into the folds CSV (face_x1, face_y1, face_x2, face_y2, face_score; empty where none was
-found), and the photos without a face are listed in no_face.csv beside it. train.py crops to these boxes.
+Every photo's face is detected once here (faces.py, `--detector`): the box of the face the photo is of
+(`--face_choice`; typical: the one nearest where this set's faces sit), as fractions of the photo, and its score
+go into the folds CSV (face_x1, face_y1, face_x2, face_y2, face_score; empty where none was found) with the
+detection that made them (face_detector), and the photos without a face are listed in no_face.csv beside it.
+How often a face was found for each class (each mask state, gender and age band) is printed and written to
+faces_found.csv, with a warning where the rates differ: the crop would then tell the classes apart by itself.
+train.py crops to these boxes, and inference detects the eval photos' faces the same way.
 """
 import re
 import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 import cli
-from dataset import (GENDER_BY_NAME, MASK_BY_STEM, MAX_AGE, MIN_AGE, PERSON_FOLDER, MaskLabel,
+from dataset import (COMPETITION, GENDER_BY_NAME, MASK_BY_STEM, MAX_AGE, MIN_AGE, PERSON_FOLDER, MaskLabel,
                      age_band, encode_label, parse_person_folder)
-from faces import box_frame, detect_faces, report_detection
+from faces import FACE_DETECTOR_COLUMN, add_detection_flags, detection_of, find_boxes, report_detection, \
+    report_found_rates
 from fileio import read_csv, write_csv
 from photos import IMAGE_EXTENSIONS, decode_image
 
@@ -73,6 +79,7 @@ def get_args_parser():
     faces = parser.add_argument_group("faces")
     cli.add_flag(faces, "faces", default="on", choices=("on", "off"),
                  help="detect the face of every photo and write its box into the folds CSV")
+    add_detection_flags(faces)
     cli.add_flag(faces, "device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
                  help="device of the face detector (on a CPU the photos are spread over the cores)")
     split = parser.add_argument_group("split")
@@ -347,6 +354,14 @@ def folders_frame(args, data_dir):
     return class_folder_frame(rows, args.kfold, args.seed)
 
 
+def task_values(frame, layout):
+    """Each photo's value of every task, by name: the competition's mask, gender and age band, or the class."""
+    if layout != "competition":
+        return frame[["class"]]
+    labels = {"mask": frame["mask_label"], "gender": frame["gender_label"], "age": frame["age_label"]}
+    return pd.DataFrame({task: np.asarray(COMPETITION.tasks[task])[labels[task].to_numpy()] for task in labels})
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     data_dir = Path(args.data_dir)
@@ -354,9 +369,13 @@ def main(argv=None):
     layout = detect_layout(data_dir, args.layout)
     frame = competition_frame(args, data_dir) if layout == "competition" else folders_frame(args, data_dir)
     if args.faces == "on":
-        boxes = box_frame(detect_faces([data_dir / path for path in frame["path"]], args.device))
-        frame = pd.concat([frame.reset_index(drop=True), boxes], axis=1)
+        detection = detection_of(args)
+        boxes = find_boxes([data_dir / path for path in frame["path"]], detection, args.device)
+        frame = pd.concat([frame.reset_index(drop=True), boxes.assign(**{FACE_DETECTOR_COLUMN: detection.signature})],
+                          axis=1)
         report_detection(boxes, frame["path"], output.parent / "no_face.csv")
+        report_found_rates(boxes.notna().all(axis=1).to_numpy(), task_values(frame, layout),
+                           output.parent / "faces_found.csv")
     write_csv(frame, output)
     group = "id" if layout == "competition" else "group"
     sizes = frame.groupby("fold")[group].nunique().tolist()

@@ -42,7 +42,7 @@ from dataset import (CACHE_MODES, SAMPLERS, ImageDataset, LabelScheme, SeededSam
                      frame_scheme, load_folds, loader_options, open_cache, parse_age_range, run_scheme, target_scheme,
                      training_targets)
 from evaluation import class_f1, collapsed_tasks, score
-from faces import CROP_MODES, check_crop_box, crop_regions
+from faces import CROP_MODES, boxes_detection, check_crop_box, crop_regions
 from fileio import (load_checkpoint, make_dir, read_json, remove_unfinished_runs, save_checkpoint, write_csv,
                     write_json)
 from loss import CRITERIA, create_training_criterion
@@ -386,6 +386,19 @@ def configure_scheme(args, frame):
         raise cli.UserError(f"--task {args.task} trains one task and needs --head single")
 
 
+def configure_face_detection(args, frame):
+    """Records how the folds CSV's face boxes were detected (config.json's face_detection), so that inference finds
+    the eval photos' faces the same way; a resumed run refuses boxes of another detection."""
+    if args.crop != "face":
+        return
+    detection = boxes_detection(frame, args.csv)
+    saved = getattr(args, "face_detection", None)
+    if saved and saved != detection:
+        raise cli.UserError(f"the run's face boxes were detected as {saved}, those of {args.csv} as {detection}: "
+                            "resume on the data it was trained on")
+    args.face_detection = detection
+
+
 def build_training(args, frame, device):
     """Everything a fold's training loop works with, built from its arguments: the model (and `trained`, the same
     model in DistributedDataParallel under torchrun), loaders, criterion, optimizer, scheduler, loss scaler, EMA
@@ -583,6 +596,7 @@ def main(argv=None):
         args.csv = str(Path(args.csv) if args.csv else data_dir.parent / "folds.csv")
         frame = load_folds(Path(args.csv), data_dir, args.fold)
         configure_scheme(args, frame)
+        configure_face_detection(args, frame)
         if not resume:
             run_dir = distributed.run_on_main(next_run_dir, args.model_dir, args.name)  # rank 0's choice, for all
         if args.fold == "all":

@@ -1,5 +1,6 @@
 """Find the face once, crop to it everywhere: MTCNN boxes, the crop's geometry, and the same pixels at training,
 validation, inference and TTA."""
+import json
 import shutil
 from types import SimpleNamespace
 
@@ -11,11 +12,13 @@ from PIL import Image
 from skimage.data import astronaut
 
 import train
+from cli import UserError
 from conftest import assert_one_line_error, run_script
 from dataset import ImageDataset, load_folds, open_cache
-from faces import BOX_COLUMNS, SCORE_COLUMN, crop_regions, detect_faces, fallback_face, grow
-from photos import crop_box_pixels, decode_image
+from faces import (BOX_COLUMNS, FACE_DETECTOR_COLUMN, SCORE_COLUMN, Detection, box_frame, choose_face, crop_regions,
+                   detect_faces, fallback_face, grow, report_found_rates)
 from inference import FaceBoxes, get_args_parser as inference_args_parser
+from photos import crop_box_pixels, decode_image
 
 RESIZE = (64, 48)
 # The astronaut's face in skimage's 512x512 portrait, by eye: forehead to chin, ear to ear (pixels).
@@ -132,9 +135,9 @@ def test_another_crop_or_margin_is_another_cache(sample_data, tmp_path):
 def test_fold_inference_falls_back_on_the_median_face_of_the_whole_csv(sample_data):
     args = inference_args_parser().parse_args(["--fold", "1", "--train_dir", str(sample_data / "train/images")])
     folds = pd.read_csv(sample_data / "train/folds.csv")
-    boxes = FaceBoxes(args, [None] * int((folds["fold"] == 1).sum()), torch.device("cpu"))
-    boxes.find()
-    np.testing.assert_allclose(boxes.fallback, folds[list(BOX_COLUMNS)].dropna().median().to_numpy())
+    _, fallback = FaceBoxes(args, [None] * int((folds["fold"] == 1).sum()), torch.device("cpu")).find(
+        Detection().signature)
+    np.testing.assert_allclose(fallback, folds[list(BOX_COLUMNS)].dropna().median().to_numpy())
 
 
 def test_eval_boxes_are_detected_once_and_kept_beside_info_csv(sample_data, tmp_path):
@@ -143,15 +146,27 @@ def test_eval_boxes_are_detected_once_and_kept_beside_info_csv(sample_data, tmp_
     (eval_dir / "faces.csv").unlink(missing_ok=True)
     args = inference_args_parser().parse_args(["--data_dir", str(eval_dir)])
     paths = sorted((eval_dir / "images").glob("*.jpg"))
-    first = FaceBoxes(args, paths, torch.device("cpu"))
-    first.find()
+    detection = Detection().signature
+    first, _ = FaceBoxes(args, paths, torch.device("cpu")).find(detection)
     kept = pd.read_csv(eval_dir / "faces.csv")
     assert len(kept) == len(paths) and (eval_dir / "no_face.csv").is_file()
+    assert set(kept[FACE_DETECTOR_COLUMN]) == {detection}
     Image.new("RGB", (384, 512), (90, 90, 90)).save(paths[0])  # a changed photo: detected again, as faceless
-    second = FaceBoxes(args, paths, torch.device("cpu"))
-    second.find()
-    assert second.boxes[SCORE_COLUMN].isna().iloc[0]
-    pd.testing.assert_frame_equal(second.boxes.iloc[1:], first.boxes.iloc[1:])
+    second, _ = FaceBoxes(args, paths, torch.device("cpu")).find(detection)
+    assert second[SCORE_COLUMN].isna().iloc[0]
+    pd.testing.assert_frame_equal(second.iloc[1:], first.iloc[1:])
+
+
+def test_eval_boxes_of_another_detection_are_detected_again(sample_data, tmp_path, capsys):
+    eval_dir = tmp_path / "eval"
+    shutil.copytree(sample_data / "eval", eval_dir)
+    args = inference_args_parser().parse_args(["--data_dir", str(eval_dir)])
+    paths = sorted((eval_dir / "images").glob("*.jpg"))
+    FaceBoxes(args, paths, torch.device("cpu")).find(Detection().signature)
+    other = Detection(min_face_size=24).signature
+    FaceBoxes(args, paths, torch.device("cpu")).find(other)
+    assert f"detecting the {len(paths)} photos" in capsys.readouterr().out
+    assert set(pd.read_csv(eval_dir / "faces.csv")[FACE_DETECTOR_COLUMN]) == {other}
 
 
 def test_crop_faces_mirrors_the_tree_and_lists_photos_without_a_face(sample_data, portrait, tmp_path):
@@ -201,3 +216,45 @@ def test_crop_is_recorded_in_the_run_config(sample_data, tmp_path):
     assert (args.crop, args.crop_box) == ("box", [0.2, 0.1, 0.8, 0.6])
     with pytest.raises(Exception, match="--crop box needs --crop_box"):
         train.run_crop_regions(SimpleNamespace(crop="box", crop_box=None, face_margin=0.4), None)
+
+
+def face(box, score=0.99):
+    return SimpleNamespace(box=box, score=score, landmarks=None)
+
+
+def test_the_typical_face_is_the_one_where_the_sets_faces_sit_not_the_loudest():
+    usual = [face((0.35, 0.2, 0.65, 0.5))]
+    crowded = [face((0.85, 0.1, 0.99, 0.25), 0.99), face((0.37, 0.22, 0.66, 0.52), 0.80)]  # a neighbour at the edge
+    faces = [usual, usual, crowded, usual]
+    assert box_frame(faces, "typical").iloc[2][list(BOX_COLUMNS)].tolist() == list(crowded[1].box)
+    assert box_frame(faces, "score").iloc[2][list(BOX_COLUMNS)].tolist() == list(crowded[0].box)
+    assert choose_face(crowded, "largest") is crowded[1]
+    assert choose_face([face((0.0, 0.0, 0.2, 0.2)), face((0.4, 0.4, 0.55, 0.55), 0.5)], "central").score == 0.5
+    assert box_frame([[], usual], "typical")[SCORE_COLUMN].isna().tolist() == [True, False]
+
+
+def test_found_rates_per_class_warn_when_they_differ(tmp_path, capsys):
+    labels = pd.DataFrame({"mask": ["correct"] * 10 + ["none"] * 10, "gender": ["male", "female"] * 10})
+    found = np.array([True] * 6 + [False] * 4 + [True] * 10)
+    rates = report_found_rates(found, labels, tmp_path / "faces_found.csv")
+    assert rates.set_index(["task", "value"])["rate"].to_dict() == {
+        ("mask", "correct"): 0.6, ("mask", "none"): 1.0, ("gender", "female"): 0.8, ("gender", "male"): 0.8}
+    printed = capsys.readouterr().out
+    assert "faces found by mask: correct 60%, none 100%" in printed
+    assert printed.count("warning:") == 1 and "some mask values" in printed  # gender's rates agree
+    assert pd.read_csv(tmp_path / "faces_found.csv").equals(rates)
+
+
+def test_a_detection_signature_round_trips_and_a_bad_one_is_one_line():
+    detection = Detection("yunet+mtcnn", 24, "largest")
+    assert Detection.from_signature(detection.signature) == detection
+    for bad in ("haar:40:typical:upright", "mtcnn:x:typical:upright", "mtcnn:40", "mtcnn:40:loudest:upright"):
+        with pytest.raises(UserError, match="is not detector:min_face_size:face_choice"):
+            Detection.from_signature(bad)
+
+
+def test_training_records_how_its_faces_were_found(trained_run, sample_data):
+    folds = pd.read_csv(sample_data / "train/folds.csv")
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["face_detection"] == folds[FACE_DETECTOR_COLUMN].iloc[0] == Detection().signature
+    assert (sample_data / "train/faces_found.csv").is_file()
