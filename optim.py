@@ -20,8 +20,20 @@ SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
 WARMUP_START = 0.01  # warmup's first learning rate, as a fraction of --lr
 
 
+def parameter_groups(model, lr, backbone_lr):
+    """The model's parameters in two groups: the backbone's at `backbone_lr` times `lr` (fine-tuning moves
+    pretrained weights less than the new head), and the head's at `lr`; one group when both learn alike."""
+    if backbone_lr == 1:
+        return model.parameters()
+    backbone = list(model.backbone.parameters())
+    mine = {id(parameter) for parameter in backbone}
+    return [{"params": backbone, "lr": lr * backbone_lr},
+            {"params": [parameter for parameter in model.parameters() if id(parameter) not in mine], "lr": lr}]
+
+
 def create_optimizer(args, parameters):
-    """The --optimizer over `parameters` with --lr, --weight_decay and (sgd, sgdp) --momentum. torch's optimizers
+    """The --optimizer over `parameters` (or parameter_groups, each with its own lr) with --lr, --weight_decay and
+    (sgd, sgdp) --momentum. torch's optimizers
     update every parameter in one fused kernel where the device has one, else with its multi-tensor (foreach)
     kernels: on a CPU torch would otherwise loop over the parameters one by one. adamp's loop over them always."""
     options = {"lr": args.lr, "weight_decay": args.weight_decay}
@@ -46,7 +58,9 @@ def create_scheduler(args, optimizer, steps_per_epoch):
         "none": lambda: LambdaLR(optimizer, lambda step: 1.0),
         "step": lambda: StepLR(optimizer, args.lr_decay_step * steps_per_epoch, args.lr_decay),
         "cosine": lambda: CosineAnnealingLR(optimizer, steps),
-        "onecycle": lambda: OneCycleLR(optimizer, args.max_lr or args.lr, total_steps=steps),
+        # onecycle's peak, --max_lr, scales every group's own learning rate alike
+        "onecycle": lambda: OneCycleLR(optimizer, [group["lr"] * (args.max_lr or args.lr) / args.lr
+                                                   for group in optimizer.param_groups], total_steps=steps),
     }
     if not warmup_steps:
         return schedules[args.scheduler]()

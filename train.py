@@ -48,13 +48,18 @@ from fileio import (load_checkpoint, make_dir, read_json, remove_unfinished_runs
 from loss import CRITERIA, create_training_criterion
 from model import AMP_DTYPES, HEADS, autocast, create_model, freeze_backbone, load_weights, place_model, predict, \
     to_memory_format
-from optim import OPTIMIZERS, SCHEDULERS, create_ema, create_grad_scaler, create_optimizer, create_scheduler
+from optim import (OPTIMIZERS, SCHEDULERS, create_ema, create_grad_scaler, create_optimizer, create_scheduler,
+                   parameter_groups)
 
 SELECT = {"f1": "val_f1", "accuracy": "val_accuracy"}  # --select: the validation metric that picks best.pth
 # The defaults are the recipe that scored best on the sample set's held-out eval people (benchmark_recipe.py, README
 # "Defaults"): face crop, multi head, weighted sampler, ages 58+ trained as 60+, focal loss, vertical cutmix,
 # onecycle at 3e-3, batch 32, 8 epochs.
 TRAINING_OLD_AGE = 58
+# What a flag left unset means, from scratch and fine-tuning pretrained weights (README "Fine-tuning"): measured on
+# real faces with rendered masks, held-out people, three seeds (benchmark_recipe.py).
+SCRATCH = {"lr": 3e-3, "backbone_lr": 1.0, "freeze_epochs": 0}
+FINE_TUNING = {"lr": 1e-3, "backbone_lr": 1.0, "freeze_epochs": 0}
 
 
 
@@ -114,7 +119,12 @@ def get_args_parser():
     optimisation = parser.add_argument_group("optimisation")
     cli.add_flag(optimisation, "epochs", type=cli.positive_int, default=8, help="number of epochs")
     cli.add_flag(optimisation, "optimizer", default="adamw", choices=list(OPTIMIZERS), help="optimizer")
-    cli.add_flag(optimisation, "lr", type=cli.positive_float, default=3e-3, help="learning rate")
+    cli.add_flag(optimisation, "lr", type=cli.positive_float, default=None,
+                 help=f"learning rate (default: {SCRATCH['lr']:g} from scratch, {FINE_TUNING['lr']:g} fine-tuning "
+                      "--pretrained or --pretrained_path weights)")
+    cli.add_flag(optimisation, "backbone_lr", type=cli.fraction, default=None, metavar="FRACTION",
+                 help=f"the backbone's learning rate as a fraction of --lr (default: {SCRATCH['backbone_lr']:g} from "
+                      f"scratch, {FINE_TUNING['backbone_lr']:g} fine-tuning)")
     cli.add_flag(optimisation, "max_lr", type=cli.positive_float, default=None,
                  help="onecycle's peak learning rate (default: --lr)")
     cli.add_flag(optimisation, "warmup_epochs", type=cli.non_negative_int, default=0,
@@ -133,8 +143,9 @@ def get_args_parser():
     cli.add_flag(optimisation, "ema", type=cli.fraction, default=0.0, metavar="DECAY",
                  help="keep an exponential moving average of the weights (e.g. 0.999), validated and saved "
                       "instead of the raw weights (0: off)")
-    cli.add_flag(optimisation, "freeze_epochs", type=cli.non_negative_int, default=0,
-                 help="train only the head, backbone frozen, for this many first epochs")
+    cli.add_flag(optimisation, "freeze_epochs", type=cli.non_negative_int, default=None,
+                 help="train only the head, backbone frozen, for this many first epochs (default: "
+                      f"{SCRATCH['freeze_epochs']} from scratch, {FINE_TUNING['freeze_epochs']} fine-tuning)")
     cli.add_flag(optimisation, "criterion", default="focal", choices=CRITERIA, help="training criterion")
     cli.add_flag(optimisation, "class_weights", default="none", choices=["none", "auto"],
                  help="auto: weigh the criterion's classes by inverse training frequency (mean 1; f1 ignores it)")
@@ -175,6 +186,19 @@ def get_args_parser():
     cli.add_flag(speed, "compile", action="store_true",
                  help="torch.compile the training model (minutes of compiling first, then faster steps)")
     return parser
+
+
+def resolve_mode_defaults(args):
+    """Fills the flags left unset with their defaults for this run: from scratch, or fine-tuning --pretrained or
+    --pretrained_path weights (FINE_TUNING), and says so when fine-tuning."""
+    fine_tuning = bool(args.pretrained or args.pretrained_path)
+    defaults = FINE_TUNING if fine_tuning else SCRATCH
+    unset = {name: value for name, value in defaults.items() if getattr(args, name) is None}
+    for name, value in unset.items():
+        setattr(args, name, value)
+    if fine_tuning and unset:
+        print("fine-tuning pretrained weights: " + " ".join(f"--{name} {value:g}" for name, value in unset.items())
+              + " (train.py's fine-tuning defaults; flags override them)")
 
 
 def fold_number(text):
@@ -407,7 +431,7 @@ def build_training(args, frame, device):
     scaler = create_grad_scaler(args.amp, device)  # first: a refused --amp builds nothing
     model = place_model(create_model(vars(args)), device, args.channels_last)
     train_loader, valid_loader = build_loaders(args, frame, Path(args.data_dir), device)
-    optimizer = create_optimizer(args, model.parameters())
+    optimizer = create_optimizer(args, parameter_groups(model, args.lr, args.backbone_lr))
     training = SimpleNamespace(
         model=model, train_loader=train_loader, valid_loader=valid_loader, optimizer=optimizer, scaler=scaler,
         criterion=create_training_criterion(args, train_loader.dataset.targets, run_scheme(vars(args))).to(device),
@@ -567,7 +591,7 @@ def train_all_folds(args, frame, run_dir, resume=False):
           f"oof.csv, oof_metrics.json and the fold runs in {run_dir}")
 
 
-LEGACY_DEFAULTS = {"crop": "none"}  # what runs saved before a flag existed did, where its default differs
+LEGACY_DEFAULTS = {"crop": "none", "backbone_lr": 1.0}  # what runs saved before a flag existed did, where its default differs
 
 
 def resumed_args(run_dir):
@@ -584,11 +608,19 @@ def resumed_args(run_dir):
     raise cli.UserError(f"{run_dir} is not a run directory (no config.json): pass the folder train.py made")
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """train.py's arguments, each flag left unset given its default for the run (resolve_mode_defaults)."""
     args = get_args_parser().parse_args(argv)
+    resolve_mode_defaults(args)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     resume, run_dir = args.resume is not None, None
     if resume:
         run_dir, args = Path(args.resume), resumed_args(Path(args.resume))
+        resolve_mode_defaults(args)
     args.device = distributed.setup(args.device)  # under torchrun: join the other ranks, one GPU per local rank
     try:
         configure_determinism(args.deterministic)

@@ -92,7 +92,7 @@ def test_crop_none_reproduces_the_whole_photo_resized(sample_data):
 
 
 def training_args(sample_data, cache_dir, *flags):
-    args = train.get_args_parser().parse_args(["--data_dir", str(sample_data / "train/images"), "--model",
+    args = train.parse_args(["--data_dir", str(sample_data / "train/images"), "--model",
                                                "test_resnet", "--resize", *map(str, RESIZE), "--workers", "0",
                                                "--cache_dir", str(cache_dir), *flags])
     args.csv = str(sample_data / "train/folds.csv")

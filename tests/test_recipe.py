@@ -23,13 +23,13 @@ from dataset import (COMPETITION, NUM_CLASSES, TASK_CLASSES, ImageDataset, creat
 from fileio import load_checkpoint
 from loss import create_training_criterion
 from model import create_model
-from optim import create_scheduler
+from optim import create_optimizer, create_scheduler, parameter_groups
 
 TINY = ["--model", "test_resnet", "--resize", "64", "48", "--batch_size", "16", "--workers", "0", "--epochs", "1"]
 
 
 def parse(*flags):
-    return train.get_args_parser().parse_args(list(flags))
+    return train.parse_args(list(flags))
 
 
 def run_main(module, monkeypatch, *flags):
@@ -315,3 +315,28 @@ def test_a_tiny_run_with_the_recipe_flags_succeeds_and_records_them(sample_data,
     assert list(pd.read_csv(tmp_path / "exp/summary.csv")["epoch"]) == [1, 2]
     last = load_checkpoint(tmp_path / "exp/last.pth")
     assert not all(torch.equal(last["model"][key], last["training_model"][key]) for key in last["model"])  # EMA saved
+
+
+def test_unset_flags_take_the_defaults_of_scratch_or_fine_tuning(capsys):
+    scratch = train.parse_args([])
+    assert {name: getattr(scratch, name) for name in train.SCRATCH} == train.SCRATCH
+    tuned = train.parse_args(["--pretrained_path", "weights.pth"])
+    assert {name: getattr(tuned, name) for name in train.FINE_TUNING} == train.FINE_TUNING
+    assert "fine-tuning pretrained weights: --lr" in capsys.readouterr().out
+    chosen = train.parse_args(["--pretrained", "--lr", "0.02", "--freeze_epochs", "3"])
+    assert (chosen.lr, chosen.freeze_epochs) == (0.02, 3)
+
+
+def test_the_backbone_learns_at_its_fraction_of_the_heads_rate_through_onecycle():
+    args = parse("--backbone_lr", "0.1", "--lr", "0.01", "--epochs", "2")
+    model = create_model({"model": "test_resnet", "head": "single", "scheme": COMPETITION.to_dict()})
+    optimizer = create_optimizer(args, parameter_groups(model, args.lr, args.backbone_lr))
+    backbone, head = optimizer.param_groups
+    assert len(backbone["params"]) == len(list(model.backbone.parameters()))
+    assert len(backbone["params"]) + len(head["params"]) == len(list(model.parameters()))
+    scheduler = create_scheduler(args, optimizer, steps_per_epoch=4)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+        assert backbone["lr"] == pytest.approx(head["lr"] * 0.1)
+    assert len(create_optimizer(args, parameter_groups(model, args.lr, 1.0)).param_groups) == 1

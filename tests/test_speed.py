@@ -118,7 +118,7 @@ def test_a_training_epoch_replays_identically_whatever_the_loader_workers(sample
     frame = load_folds(sample_data / "train/folds.csv", data_dir, 0)
 
     def training_loader(workers):
-        args = train.get_args_parser().parse_args([*TINY, "--workers", str(workers), "--sampler", sampler,
+        args = train.parse_args([*TINY, "--workers", str(workers), "--sampler", sampler,
                                                    "--augmentation", "StrongAugmentation"])
         return train.build_loaders(args, frame, data_dir, torch.device("cpu"))[0]
 
@@ -180,7 +180,8 @@ def test_validation_runs_under_the_training_autocast_and_memory_format():
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "sgdp", "adamp"])
 def test_torchs_optimizers_update_in_one_fused_kernel_and_match_the_loop(name, monkeypatch):
-    args = train.get_args_parser().parse_args([*TINY, "--optimizer", name, "--device", "cpu"])
+    args = train.parse_args([*TINY, "--optimizer", name, "--device", "cpu"])
+    torch.manual_seed(0)
     model = MaskClassifier("test_resnet", "single", COMPETITION)
     optimizer = create_optimizer(args, model.parameters())
     assert optimizer.defaults.get("fused", False) is (name in ("sgd", "adam", "adamw"))
@@ -196,11 +197,13 @@ def test_torchs_optimizers_update_in_one_fused_kernel_and_match_the_loop(name, m
             torch.nn.functional.cross_entropy(network(images), targets).backward()
             step.step()
     for fused, plain in zip(model.parameters(), looped_model.parameters()):
-        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+        # Adam's step divides by sqrt(v) + eps: where a gradient is ~eps the two orders of arithmetic part by up to
+        # a fraction of the learning rate; a wrong update would part by the whole of it
+        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=0.05 * args.lr)
 
 
 def test_last_pth_keeps_the_fp16_loss_scale_for_a_resume(tmp_path):
-    args = train.get_args_parser().parse_args(TINY)
+    args = train.parse_args(TINY)
 
     def training(scale):
         model = MaskClassifier("test_resnet", "single", COMPETITION)
