@@ -8,7 +8,7 @@ their labels smoothed, and written as an annotated video and a CSV.
     python stream.py rtsp://camera.local/stream --onnx model.onnx    # any URL FFmpeg reads
 
 SOURCE is a video file or URL (decoded by PyAV, FFmpeg's bindings), a folder of photos (.jpg, .jpeg, .png, sorted
-by path), or a camera index. Every `--every` frames the face detector (faces.py, MTCNN) finds the faces (the
+by path), or a camera index. Every `--every` frames the face detector (faces.py, `--detector`) finds the faces (the
 `--max_faces` most confident at or over `--min_score`); each is cropped as the run crops its photos (the face box
 grown by the run's --face_margin, at its input's aspect ratio) and classified by the run (eager PyTorch,
 `--model_dir`) or an exported model (onnxruntime, `--onnx`, see export.py). Faces are followed from one processed
@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 import cli
 from dataset import run_scheme
-from faces import MIN_FACE_SIZE, create_detector, faces_in, grow
+from faces import CONFIDENT, add_detection_flags, create_detector, detection_of, faces_in, grow
 from fileio import atomic_path, write_csv
 from inference import load_run
 from model import predict_batch
@@ -67,9 +67,8 @@ def get_args_parser():
                  help="frame rate of a photo folder (and of a stream that does not say its own)")
     faces = parser.add_argument_group("faces")
     cli.add_flag(faces, "max_faces", type=cli.positive_int, default=8, help="the most confident faces per frame")
-    cli.add_flag(faces, "min_score", type=cli.fraction, default=0.9, help="faces detected with less are ignored")
-    cli.add_flag(faces, "min_face_size", type=cli.positive_int, default=MIN_FACE_SIZE,
-                 help="smallest face looked for, pixels")
+    cli.add_flag(faces, "min_score", type=cli.fraction, default=CONFIDENT, help="faces detected with less are ignored")
+    add_detection_flags(faces, face_choice=False)
     cli.add_flag(faces, "iou", type=cli.fraction, default=0.3,
                  help="a face continues a track when its box overlaps the track's last box this much")
     cli.add_flag(faces, "smooth", type=cli.positive_int, default=5,
@@ -288,7 +287,9 @@ def main(argv=None):
     device = torch.device(args.device)
     model, config = load_classifier(args, device)
     frames, rate, count = open_source(args)
-    detector, tracks = create_detector(device, args.min_face_size), Tracks(args.iou, args.smooth)
+    detection = detection_of(args)
+    detector = create_detector(device, detection.min_face_size, detection.detector)
+    tracks = Tracks(args.iou, args.smooth)
     scheme = run_scheme(config)
     analyse = functools.partial(process, detector=detector, model=model, config=config, scheme=scheme, tracks=tracks,
                                 args=args, device=device)

@@ -591,7 +591,8 @@ def train_all_folds(args, frame, run_dir, resume=False):
           f"oof.csv, oof_metrics.json and the fold runs in {run_dir}")
 
 
-LEGACY_DEFAULTS = {"crop": "none", "backbone_lr": 1.0}  # what runs saved before a flag existed did, where its default differs
+# what runs saved before a flag existed did, where its default differs
+LEGACY_DEFAULTS = {"crop": "none", "backbone_lr": 1.0}
 
 
 def resumed_args(run_dir):

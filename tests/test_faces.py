@@ -32,10 +32,11 @@ def portrait(tmp_path_factory):
     return path
 
 
-def test_mtcnn_finds_the_face_of_a_real_portrait(portrait):
-    [faces] = detect_faces([portrait])
+@pytest.mark.parametrize("name, sure", [("mtcnn", 0.99), ("yunet", 0.9)])
+def test_each_detector_finds_the_face_and_landmarks_of_a_real_portrait(portrait, name, sure):
+    [faces] = detect_faces([portrait], name=name)
     (x1, y1, x2, y2), score, landmarks = faces[0]
-    assert score > 0.99
+    assert score > sure
     centre_x, centre_y = (x1 + x2) / 2 * 512, (y1 + y2) / 2 * 512
     left, top, right, bottom = ASTRONAUT_FACE
     assert left < centre_x < right and top < centre_y < bottom

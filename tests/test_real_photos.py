@@ -17,8 +17,9 @@ from photos import ORIENTATION_TAG, decode_image
 T1_FACE_CENTRES = [(107, 333), (319, 207), (520, 336), (793, 412), (960, 131), (1180, 336)]
 
 
-def test_mtcnn_finds_the_six_faces_of_t1_each_box_on_a_face(real_photos):
-    [faces] = detect_faces([real_photos["t1"]])
+@pytest.mark.parametrize("name, min_face_size", [("mtcnn", 40), ("yunet", 20), ("yunet+mtcnn", 20)])
+def test_each_detector_finds_the_six_faces_of_t1_each_box_on_a_face(real_photos, name, min_face_size):
+    [faces] = detect_faces([real_photos["t1"]], min_face_size=min_face_size, name=name)
     assert len(faces) == 6
     width, height = 1280, 886
     for x, y in T1_FACE_CENTRES:
@@ -27,7 +28,7 @@ def test_mtcnn_finds_the_six_faces_of_t1_each_box_on_a_face(real_photos):
         assert len(holding) == 1, (x, y)
         box_width = (holding[0].box[2] - holding[0].box[0]) * width
         assert 60 < box_width < 160  # a face, not a part of one nor a whole person
-    assert all(face.score > 0.95 for face in faces)
+    assert all(face.score > 0.85 for face in faces)
 
 
 def test_an_asset_that_is_not_the_expected_file_is_refused(tmp_path):
