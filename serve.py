@@ -105,6 +105,7 @@ def get_args_parser():
     cli.add_flag(network, "port", type=cli.int_at_least(0), default=8000, help="port to listen on")
     cli.add_flag(network, "api_key", default=None,
                  help=f"every route but /health requires this key (default: the variable {API_KEY_VARIABLE}; none)")
+    cli.add_flag(network, "quiet", action="store_true", help="no log line per request (uvicorn's access log)")
     cli.add_flag(network, "ssl_certfile", default=None, help="serve HTTPS with this certificate (PEM)")
     cli.add_flag(network, "ssl_keyfile", default=None, help="--ssl_certfile's private key (PEM)")
     faces = parser.add_argument_group("faces")
@@ -646,7 +647,7 @@ def main(argv=None):
           f"{', '.join(scheme.classes[:6])}{'...' if len(scheme.classes) > 6 else ''}) at {address}: the page at /, "
           f"POST /predict, GET /health /metadata /metrics{'; API key required' if args.api_key else ''}")
     uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
-                log_level="info", timeout_graceful_shutdown=5)
+                log_level="info", access_log=not args.quiet, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":
