@@ -67,6 +67,7 @@ from python_multipart import FormParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 import cli
 from dataset import run_scheme
@@ -400,6 +401,8 @@ async def read_body(request, max_bytes, timeout):
                 chunks.append(chunk)
     except TimeoutError:
         raise Refusal(408, "timeout", f"the photo took over --read_timeout {timeout:g} s to arrive") from None
+    except ClientDisconnect:
+        raise Refusal(400, "disconnected", "the client left before its photo arrived") from None
     return b"".join(chunks)
 
 
