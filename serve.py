@@ -15,8 +15,9 @@ with each face boxed and labelled.
 MODEL is a run directory of train.py (its model_int8.onnx when it has one, else its checkpoint, `--eager` forcing the
 checkpoint) or an exported .onnx file of export.py. Routes:
 - POST /predict: one photo as the raw body (any image/* or application/octet-stream type) or one or more files of
-  a multipart/form-data body. Per photo: its name and size, and per face (the --max_faces most confident at or over
-  --min_score) its box in pixels, the detector's score, the label, its confidence and every class's probability;
+  a multipart/form-data body. Its faces are found by the detector that found the run's training faces (its
+  face_detection; --detector and --min_face_size choose another). Per photo: its name and size, and per face (the
+  --max_faces most confident at or over --min_score) its box in pixels, the detector's score, the label, its confidence and every class's probability;
   a photo without a face says so, and a run trained on whole photos or a fixed box (--crop none or box) then
   classifies the photo whole, as it was trained. Each photo also says the batch it was detected in and that batch's
   detection and classification times.
@@ -71,7 +72,7 @@ from starlette.requests import ClientDisconnect
 
 import cli
 from dataset import run_scheme
-from faces import MIN_FACE_SIZE, create_detector, faces_in
+from faces import DETECTORS, Detection, create_detector, faces_in, run_detection
 from frame_faces import class_colours, classify_crops, face_crops, face_margin, pixel_box
 from inference import load_run, source_config
 from photos import decode_image
@@ -112,8 +113,10 @@ def get_args_parser():
     faces = parser.add_argument_group("faces")
     cli.add_flag(faces, "max_faces", type=cli.positive_int, default=8, help="the most confident faces per photo")
     cli.add_flag(faces, "min_score", type=cli.fraction, default=0.9, help="faces detected with less are ignored")
-    cli.add_flag(faces, "min_face_size", type=cli.positive_int, default=MIN_FACE_SIZE,
-                 help="smallest face looked for, pixels")
+    cli.add_flag(faces, "detector", default=None, choices=DETECTORS,
+                 help="face detector (default: the one that found the run's training faces, its face_detection)")
+    cli.add_flag(faces, "min_face_size", type=cli.positive_int, default=None,
+                 help="smallest face looked for, pixels (default: the run's training detection's)")
     limits = parser.add_argument_group("limits")
     cli.add_flag(limits, "max_bytes", type=cli.positive_int, default=10_000_000,
                  help="largest request body, bytes (413 above)")
@@ -180,13 +183,20 @@ class Classifier:
         crop = self.config.get("crop", "none")  # runs saved before crops existed saw the whole photo
         # a photo without a face is classified whole by a run that saw whole photos (or its --crop box) in training
         self.whole_photo, self.whole_region = crop != "face", self.config.get("crop_box") if crop == "box" else None
+        # faces found as its training faces were: a run directory's config.json says how (an exported file's metadata
+        # does not carry it yet: it says mtcnn, as before the choice of detectors)
+        run_config = source_config(args.model) if self.source != Path(args.model) else self.config
+        self.trained_detection = run_detection(run_config)
+        trained = Detection.from_signature(self.trained_detection)
+        self.detection = trained._replace(**{key: value for key, value in (("detector", args.detector),
+                                             ("min_face_size", args.min_face_size)) if value is not None})
         self.model = self.detector = self.checksum = None
 
     def load(self):
         self.model, self.config = load_run(self.source, self.device, self.args.checkpoint, task=None,
                                            threads=self.args.threads)
         self.model.eval()
-        self.detector = create_detector(self.device, self.args.min_face_size)
+        self.detector = create_detector(self.device, self.detection.min_face_size, self.detection.detector)
         self.checksum = sha256(self.file)
         # the first request does not pay for the lazy start-up of either
         faces_in(self.detector, [np.zeros((*WARM_UP_SIZE, 3), np.uint8)])
@@ -194,8 +204,8 @@ class Classifier:
                        torch.zeros((1, 3, *self.config["resize"]), dtype=torch.uint8), self.device)
 
     def detect(self, photos):
-        """Each photo's faces over --min_score, the --max_faces most confident: MTCNN sees the photos of one size
-        together."""
+        """Each photo's faces over --min_score, the --max_faces most confident: the detector sees the photos of one
+        size together (MTCNN batches them)."""
         found, by_shape = [None] * len(photos), {}
         for index, photo in enumerate(photos):
             by_shape.setdefault(photo.pixels.shape, []).append(index)
@@ -264,8 +274,9 @@ class Classifier:
                 "classes": self.scheme.classes, "colours": class_colours(self.scheme.classes),
                 "resize": config["resize"], "crop": config.get("crop", "none"), "face_margin": face_margin(config),
                 "crop_box": config.get("crop_box"), "head": config["head"], "task": config.get("task", "all"),
-                "detector": {"name": "mtcnn", "max_faces": self.args.max_faces, "min_score": self.args.min_score,
-                             "min_face_size": self.args.min_face_size},
+                "detector": {"name": self.detection.detector, "min_face_size": self.detection.min_face_size,
+                             "max_faces": self.args.max_faces, "min_score": self.args.min_score,
+                             "trained_with": self.trained_detection},
                 "limits": {"max_bytes": self.args.max_bytes, "max_files": self.args.max_files,
                            "queue": self.args.queue, "read_timeout": self.args.read_timeout},
                 "batching": {"max_batch": self.args.max_batch, "batch_wait_ms": self.args.batch_wait_ms,
@@ -641,7 +652,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     check_flags(args)
     if args.threads:
-        torch.set_num_threads(args.threads)  # MTCNN's small convolutions gain nothing from more on a busy CPU
+        torch.set_num_threads(args.threads)  # MTCNN's small convolutions gain little from more, lose on a busy CPU
     app = create_app(args)
     scheme = app.state.service.classifier.scheme
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")

@@ -151,6 +151,19 @@ def test_metadata_names_the_scheme_the_crop_and_the_file_with_its_checksum(clien
     assert metadata["classes"] == run_scheme(config).classes and metadata["scheme"] == config["scheme"]
     assert (metadata["resize"], metadata["crop"], metadata["face_margin"]) == ([64, 48], "face", config["face_margin"])
     assert set(metadata["colours"]) == set(metadata["classes"])
+    assert metadata["detector"]["trained_with"] == config["face_detection"]  # faces found as in training
+    assert metadata["detector"]["name"] == config["face_detection"].split(":")[0]
+
+
+def test_another_detector_finds_the_astronaut_too(exported):
+    pytest.importorskip("yuface", reason="the yunet detector's package (yuface) is not installed")
+    with TestClient(serve.create_app(server_args(exported[0], "--detector", "yunet"))) as client:
+        wait_ready(client)
+        [photo] = predict(client).json()["photos"]
+        assert client.get("/metadata").json()["detector"]["name"] == "yunet"
+    [face] = photo["faces"]
+    left, top, right, bottom = ASTRONAUT_FACE
+    assert left < (face["box"][0] + face["box"][2]) / 2 < right and top < (face["box"][1] + face["box"][3]) / 2 < bottom
 
 
 def test_a_class_folder_run_of_whole_photos_classifies_a_faceless_photo_whole(whole_photo_run):
