@@ -10,7 +10,7 @@ DATA ?= data
 DEMO_RUN ?= model/demo
 DEMO_TRAINING ?=  # train.py's defaults: the recipe measured best on the sample set (README, "Defaults")
 
-.PHONY: demo test test-fast pictures setup clean
+.PHONY: demo test test-fast pictures setup browser clean
 
 setup: $(VENV)/.installed
 
@@ -35,8 +35,15 @@ pictures: setup
 	mkdir -p docs
 	cp $(DEMO_RUN)/curves.png output/report/confusion_tasks.png output/report/mistakes.png docs/
 
+# The browser tests' Chromium: Debian's package, installed where apt-get can (as root); never fails the build, the
+# tests skip saying why where it is missing
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } \
+		|| echo "chromium is not installed: tests/test_serve_browser.py will be skipped"
+
 # -n auto: the tests spread over the cores (pytest-xdist); the 20 slowest are listed at the end
-test: setup
+test: setup browser
 	$(BIN)/python real_assets.py
 	$(BIN)/python -m pytest tests -q -n auto --durations=20
 

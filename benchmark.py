@@ -4,6 +4,7 @@
     python benchmark.py --data_dir data/train/images --device cuda --workers 8 --steps 50
     python benchmark.py --device cuda --amp bf16 --channels_last          # the fast paths, training and inference
     python benchmark.py --photos 32 --steps 2 --resize 64 48 --model test_resnet   # a smoke test: seconds
+    python benchmark.py --serve model/mask_sunglasses --data_dir data/mask_sunglasses/eval --clients 4 --requests 2000
 
 - loader: images/s of the naive per-item pipeline the cache replaced (PIL decode of the whole photo, Resize,
   ToTensor, Normalize) against loaders on the decoded-image cache (built first, timed apart): with
@@ -19,13 +20,27 @@
 - memory: the peak resident set of this process and of the finished loader workers after each part (the cache is
   a mapped file: its pages count where they are read), and the peak GPU memory of each part on CUDA.
 The last line is `loader_speedup X e2e_ratio Y`, for scripts.
+
+`--serve MODEL` measures serve.py instead: it starts `serve.py MODEL` (with `--server_flags`) on a free port of
+127.0.0.1, and `--clients` threads each post the photos (of --data_dir, or generated 384x512 ones), one at a time
+over a kept-alive connection, until `--requests` have been answered or `--max_seconds` have passed. After
+`--warmup_requests` untimed ones it prints photos/s end to end (detection included), the latency's median, p90, p99
+and maximum, the errors (any answer but 200, or no answer), the faces found, the server's mean batch (its /metrics)
+and its resident memory when ready, after the warm-up and at the end. Only loopback traffic; the last line is
+`serve_photos_per_s X p50_ms Y p99_ms Z errors N memory_growth_mib M`.
 """
+import http.client
 import math
 import os
+import re
 import resource
+import shlex
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +89,15 @@ def get_args_parser():
                  help="export.py's variants timed beside eager (none: skip)")
     cli.add_flag(onnx_group, "onnx_threads", type=cli.positive_int, default=1,
                  help="threads of eager and onnxruntime for the ONNX comparison")
+    serving = parser.add_argument_group("serving (instead of the measures above)")
+    cli.add_flag(serving, "serve", default=None, metavar="MODEL",
+                 help="measure serve.py serving MODEL (a run directory or .onnx) under load")
+    cli.add_flag(serving, "clients", type=cli.positive_int, default=4, help="concurrent clients")
+    cli.add_flag(serving, "requests", type=cli.positive_int, default=2000, help="timed requests, one photo each")
+    cli.add_flag(serving, "warmup_requests", type=cli.non_negative_int, default=50, help="untimed requests first")
+    cli.add_flag(serving, "max_seconds", type=cli.positive_float, default=900.0,
+                 help="stop sending after this long, whatever was answered")
+    cli.add_flag(serving, "server_flags", default="", help="serve.py's flags, as one string (e.g. '--workers 2')")
     return parser
 
 
@@ -236,8 +260,146 @@ def compare_onnx(model, dataset, args, scratch):
               f"{size})")
 
 
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def resident_mib(pid):
+    """The resident memory of process `pid` (Linux /proc), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise cli.UserError(f"no VmRSS in /proc/{pid}/status: the server's memory is measured on Linux")
+
+
+def get(port, path):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def start_server(args, port, log):
+    """serve.py serving --serve on 127.0.0.1:`port`, its output into `log`; returns the process once /health says
+    ready, or stops with its last line."""
+    command = [sys.executable, str(Path(__file__).with_name("serve.py")), args.serve, "--host", "127.0.0.1",
+               "--port", str(port), "--quiet", *shlex.split(args.server_flags)]
+    server, deadline = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), time.monotonic() + 300
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if get(port, "/health")[0] == 200:
+                return server
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.2)
+    server.kill()
+    log.seek(0)
+    lines = log.read().decode(errors="replace").strip().splitlines() or ["no output"]
+    raise cli.UserError(f"serve.py did not become ready: {lines[-1]}")
+
+
+class Load:
+    """Requests shared out to client threads: each takes the next photo until `total` were sent or the deadline
+    passed, and records (seconds, status, faces) per request."""
+
+    def __init__(self, port, photos, total, deadline):
+        self.port, self.photos, self.total, self.deadline = port, photos, total, deadline
+        self.sent, self.results, self.lock = 0, [], threading.Lock()
+
+    def next_photo(self):
+        with self.lock:
+            if self.sent >= self.total or time.monotonic() > self.deadline:
+                return None
+            self.sent += 1
+            return self.photos[self.sent % len(self.photos)]
+
+    def client(self):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        while (photo := self.next_photo()) is not None:
+            started = time.perf_counter()
+            try:
+                connection.request("POST", "/predict", photo, {"Content-Type": "application/octet-stream"})
+                response = connection.getresponse()
+                body = response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                status, body = None, b""
+                connection.close()  # a new connection for the next request
+            faces = body.count(b'"score"') if status == 200 else 0
+            with self.lock:
+                self.results.append((time.perf_counter() - started, status, faces))
+        connection.close()
+
+    def run(self, clients):
+        threads = [threading.Thread(target=self.client) for _ in range(clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - started
+
+
+def percentile_ms(ordered, fraction):
+    """The `fraction` percentile of sorted seconds, in milliseconds (nearest rank)."""
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+
+def mean_batch(metrics):
+    """Photos per detection batch, from the server's /metrics text."""
+    values = {name: float(value) for name, value in re.findall(r"^maskcls_batch_photos_(sum|count) (\S+)$", metrics,
+                                                                re.MULTILINE)}
+    return values.get("sum", 0) / max(values.get("count", 0), 1)
+
+
+def measure_serving(args):
+    """Prints serve.py's photos/s, latency, errors and memory under --clients concurrent clients."""
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = find_photos(args, Path(scratch))
+        photos = [path.read_bytes() for path in paths]
+        sizes = sorted({read_image(path).size for path in paths[:20]})
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        server = start_server(args, port, log)
+        try:
+            ready = resident_mib(server.pid)
+            Load(port, photos, args.warmup_requests, math.inf).run(args.clients)
+            warm = resident_mib(server.pid)
+            load = Load(port, photos, args.requests, time.monotonic() + args.max_seconds)
+            seconds = load.run(args.clients)
+            end = resident_mib(server.pid)
+            metrics = get(port, "/metrics")[1]
+            metadata = get(port, "/metadata")[1]
+        finally:
+            server.terminate()
+            server.wait(30)
+    latencies = sorted(latency for latency, _, _ in load.results)
+    answered = [result for result in load.results if result[1] == 200]
+    errors = len(load.results) - len(answered)
+    p50, p90, p99 = (percentile_ms(latencies, fraction) for fraction in (0.5, 0.9, 0.99))
+    served = re.search(r'"file": ?"([^"]+)"', metadata)
+    print(f"serve: {served.group(1) if served else args.serve} from {args.serve}, {len(photos)} photos of "
+          f"{', '.join(f'{w}x{h}' for w, h in sizes)} cycled, {args.clients} clients, {os.cpu_count()} cores; "
+          f"serve.py {args.server_flags or '(its defaults)'}")
+    print(f"serve: {len(load.results)} requests in {seconds:.1f} s: {len(answered) / seconds:.1f} photos/s answered; "
+          f"latency ms p50 {p50:.0f}, p90 {p90:.0f}, p99 {p99:.0f}, max "
+          f"{latencies[-1] * 1000:.0f}; errors {errors}; {sum(r[2] for r in answered) / max(len(answered), 1):.2f} "
+          f"faces per photo; {mean_batch(metrics):.2f} photos per detection batch")
+    print(f"serve: server memory (RSS) MiB: {ready:.0f} ready, {warm:.0f} after {args.warmup_requests} warm-up "
+          f"requests, {end:.0f} after {len(load.results)} more ({end - warm:+.0f})")
+    print(f"serve_photos_per_s {len(answered) / seconds:.1f} p50_ms {p50:.0f} p99_ms {p99:.0f} errors {errors} "
+          f"memory_growth_mib {end - warm:.0f}")
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if args.serve:
+        return measure_serving(args)
     args.resize, device = tuple(args.resize), torch.device(args.device)
     check_amp(args.amp, device)
     with tempfile.TemporaryDirectory() as scratch:

@@ -39,15 +39,11 @@ from tqdm import tqdm
 
 import cli
 from dataset import run_scheme
-from faces import CONFIDENT, add_detection_flags, create_detector, detection_of, faces_in, grow
+from faces import CONFIDENT, add_detection_flags, create_detector, detection_of, faces_in
 from fileio import atomic_path, write_csv
+from frame_faces import class_colours, classify_faces, face_margin, pixel_box
 from inference import load_run
-from model import predict_batch
-from photos import crop_pixels, decode_image, find_photos
-
-DEFAULT_MARGIN = 0.4  # train.py's --face_margin, for exported configs of runs older than the flag
-PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324",
-           "#800000"]
+from photos import decode_image, find_photos
 
 
 def get_args_parser():
@@ -189,14 +185,14 @@ class Annotator:
     """Draws boxes, labels, confidences and track numbers on frames."""
 
     def __init__(self, classes, height):
-        self.classes = classes
+        self.colours = class_colours(classes)
         self.font = ImageFont.load_default(size=max(12, height // 30))
 
     def draw(self, frame, faces):
         image = Image.fromarray(frame)
         canvas = ImageDraw.Draw(image)
         for face in faces:
-            colour = PALETTE[self.classes.index(face["label"]) % len(PALETTE)]
+            colour = self.colours[face["label"]]
             box = [face["x1"], face["y1"], face["x2"], face["y2"]]
             canvas.rectangle(box, outline=colour, width=max(2, image.height // 150))
             text = f"{face['label']} {face['confidence']:.2f} #{face['track']}"
@@ -230,19 +226,6 @@ class VideoWriter:
             self.container.close()
 
 
-def face_margin(config):
-    """The run's --face_margin, or train.py's default for a config that has none."""
-    margin = config.get("face_margin")
-    return DEFAULT_MARGIN if margin is None else margin
-
-
-def classify_faces(model, config, scheme, frame, faces, device):
-    """Each face's class probabilities: its box grown by the run's margin, cropped and resized as at training."""
-    size, regions = tuple(config["resize"]), grow([face.box for face in faces], face_margin(config))
-    crops = torch.stack([torch.from_numpy(crop_pixels(frame, size, region)).permute(2, 0, 1) for region in regions])
-    return predict_batch(model, crops, config["head"], scheme, device).numpy()
-
-
 def process(frame, frame_index, seconds, *, detector, model, config, scheme, tracks, args, device):
     """The CSV rows of one processed frame: its faces, classified and tracked."""
     found = [face for face in faces_in(detector, [frame])[0] if face.score >= args.min_score][:args.max_faces]
@@ -251,8 +234,7 @@ def process(frame, frame_index, seconds, *, detector, model, config, scheme, tra
         return []
     classes = scheme.classes
     probabilities = classify_faces(model, config, scheme, frame, found, device)
-    height, width = frame.shape[:2]
-    boxes = [tuple(np.asarray(face.box) * [width, height, width, height]) for face in found]
+    boxes = [pixel_box(face, frame) for face in found]
     numbers, smoothed = tracks.update(boxes, probabilities)
     return [{"frame": frame_index, "time": round(seconds, 4), "track": track,
              **dict(zip(("x1", "y1", "x2", "y2"), np.round(box, 1))), "score": round(detection_score, 4),
@@ -264,8 +246,8 @@ def process(frame, frame_index, seconds, *, detector, model, config, scheme, tra
 
 def annotate(frames, args, rate, total, writer, analyse, classes):
     """Feeds every frame (up to --max_frames) to `analyse` every --every frames and writes it annotated with the
-    faces last found (boxes coloured by their label among `classes`); returns (CSV rows, frames seen, frames processed). Ctrl-C ends the stream, keeping what was
-    seen."""
+    faces last found (boxes coloured by their label among `classes`); returns (CSV rows, frames seen, frames
+    processed). Ctrl-C ends the stream, keeping what was seen."""
     rows, shown, annotator, seen, processed = [], [], None, 0, 0
     try:
         for index, (frame, seconds) in enumerate(tqdm(itertools.islice(frames, args.max_frames), total=total,
