@@ -113,7 +113,7 @@ def test_the_astronaut_is_one_face_boxed_on_her_face_classified_as_the_run_crops
     x1, y1, x2, y2 = face["box"]
     left, top, right, bottom = ASTRONAUT_FACE
     assert left < (x1 + x2) / 2 < right and top < (y1 + y2) / 2 < bottom
-    assert 0.5 < (x2 - x1) / (right - left) < 1.2 and face["score"] > 0.99  # the face, not the photo nor an eye
+    assert 0.5 < (x2 - x1) / (right - left) < 1.2 and face["score"] > 0.9  # the face, not the photo nor an eye
     model, config = load_run(exported[0] / "model_int8.onnx", "cpu", task=None)
     classes = run_scheme(config).classes
     assert len(classes) == 18 and face["label"] in classes and list(face["probabilities"]) == classes
