@@ -33,7 +33,9 @@ Layouts written under DST:
 The same SRC, flags and --seed give byte-identical files; the styles of a person's renders depend only on the seed,
 the person and the class, so that both framings of one seed show the same masks.
 """
+import argparse
 import math
+import re
 import shutil
 import sys
 import zlib
@@ -51,7 +53,7 @@ import cli
 import masks
 import real_assets
 from dataset import GENDER_BY_NAME, MASK_BY_STEM, MAX_AGE, MIN_AGE, MaskLabel, age_band, encode_label
-from faces import MIN_FACE_SIZE, detect_faces
+from faces import BOX_COLUMNS, MIN_FACE_SIZE, detect_faces
 from fileio import atomic_path, make_dir, read_csv, write_csvs
 from generate_sample import eval_image_name
 from photos import SWAPS_SIDES, crop_box_pixels, decode_image, find_photos, orientation
@@ -71,9 +73,9 @@ COMPETITION_STEMS = {stem: ("correct" if label == MaskLabel.WEAR else "incorrect
                             else None) for stem, label in MASK_BY_STEM.items()}
 LANDMARK_COLUMNS = [f"{point}_{axis}" for point in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
                     for axis in ("x", "y")]
-BOX_COLUMNS = ["face_x1", "face_y1", "face_x2", "face_y2"]
 CROP_COLUMNS = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]  # the box of the source photo shown, pixels
-FACES_COLUMNS = ["photo", "face", "score", *BOX_COLUMNS, *LANDMARK_COLUMNS]
+OUTPUT_BOX_COLUMNS = [f"output_{column}" for column in BOX_COLUMNS]  # the face's box in the photo written, fractions
+FACES_COLUMNS = ["photo", "face", "score", *BOX_COLUMNS, *LANDMARK_COLUMNS]  # faces.csv
 UNLABELLED = {"gender": "male", "age": 30, "race": "unlabelled"}  # placeholders preprocess.py accepts
 MIN_EYE_DISTANCE = 14  # pixels: a smaller face is too small to draw a mask on
 PORTRAIT_FACE_WIDTH = (0.2, 0.35)  # the face box's share of a portrait's width, as in the competition's photos
@@ -119,6 +121,8 @@ def get_args_parser():
     cli.add_flag(render, "quality", type=cli.int_at_least(50), default=92, help="JPEG quality of the photos written")
     cli.add_flag(render, "seed", type=cli.non_negative_int, default=0,
                  help="seed of the styles, framings and held-out people: the same seed gives identical files")
+    cli.add_flag(render, "sheet_width", type=cli.int_at_least(32), default=SHEET_TILE_WIDTH,
+                 help="width in pixels of each photo on the contact sheet")
     found = parser.add_argument_group("faces")
     cli.add_flag(found, "faces_csv", default=None, metavar="CSV",
                  help="the faces of an earlier run's faces.csv instead of detecting them again")
@@ -136,9 +140,9 @@ def people_count(text):
     try:
         value = float(text)
     except ValueError:
-        raise cli.argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value) or value < 0 or (value >= 1 and value != int(value)):
-        raise cli.argparse.ArgumentTypeError(f"{text} is neither a count of people nor a share under 1")
+        raise argparse.ArgumentTypeError(f"{text} is neither a count of people nor a share under 1")
     return value if value < 1 else int(value)
 
 
@@ -311,14 +315,13 @@ def read_labels(path, people):
             raise cli.UserError(f"--labels line {line}: age {row['age']!r} is not a number in {MIN_AGE}-{MAX_AGE}")
         person = by_face[key]
         person.gender, person.age = gender, int(age)
-        race = row.get("race", "").strip().replace("_", "-")
-        person.race = race or "unknown"
+        person.race = re.sub(r"[^A-Za-z0-9.-]+", "-", row.get("race", "").strip()).strip("-") or "unknown"
         labelled.add(key)
     unlabelled = [person for person in people if (person.photo, person.face) not in labelled]
     if unlabelled:
         shown = ", ".join(f"{person.photo} face {person.face}" for person in unlabelled[:3])
-        raise cli.UserError(f"--labels {path} has no gender and age for {len(unlabelled)} people ({shown}): add "
-                            "their rows, or pass --unlabelled")
+        raise cli.UserError(f"--labels {path} has no gender and age for {len(unlabelled)} of the {len(people)} "
+                            f"people ({shown}): add their rows, or pass --unlabelled")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -337,8 +340,9 @@ def overlap(box, other):
 
 
 def portrait_box(face, photo_size, out_size, rng, others):
-    """A 3:4 portrait around the face (pixels): its width FACE_WIDTH of the portrait's, its centre in the upper
-    middle; of FRAMING_TRIES such boxes, the one showing least of the other faces (pixel boxes)."""
+    """A portrait at `out_size`'s aspect around the face (pixels): the face box PORTRAIT_FACE_WIDTH of its width, its
+    centre in the upper middle; of FRAMING_TRIES such boxes, the one showing least of the other faces (pixel
+    boxes)."""
     width, height = photo_size
     x1, y1, x2, y2 = np.asarray(face) * [width, height, width, height]
     best, least = None, math.inf
@@ -429,7 +433,11 @@ def render_photo(photo, person, others, spec, args, class_name, render, mask_pho
     image = Image.fromarray(np.clip(np.rint(region), 0, 255).astype(np.uint8))
     image = image.resize((args.size[1], args.size[0]), Image.Resampling.LANCZOS,
                          box=(box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0))
-    record.update({"framing": args.framing, **dict(zip(CROP_COLUMNS, np.round(box, 2))), "others_blurred": blurred})
+    x1, y1, x2, y2 = np.asarray(person.box) * [width, height, width, height]
+    shown = np.clip([(x1 - box[0]) / (box[2] - box[0]), (y1 - box[1]) / (box[3] - box[1]),
+                     (x2 - box[0]) / (box[2] - box[0]), (y2 - box[1]) / (box[3] - box[1])], 0, 1)
+    record.update({"framing": args.framing, **dict(zip(CROP_COLUMNS, np.round(box, 2))),
+                   **dict(zip(OUTPUT_BOX_COLUMNS, np.round(shown, 6))), "others_blurred": blurred})
     return image, record
 
 
@@ -505,7 +513,16 @@ def competition_tables(people, renders, seed):
     return train, truth
 
 
-def contact_sheet(dst, renders, size):
+def fit_text(text, font, width):
+    """`text`, shortened with an ellipsis until it is at most `width` pixels wide in `font`."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def contact_sheet(dst, renders, size, tile_width=SHEET_TILE_WIDTH):
     """Some renders of every person (up to SHEET_PEOPLE, evenly picked): a row each, labelled with the person and
     their split, SHEET_RENDERS per class under the class's name. A mosaic of photos, drawn with PIL: matplotlib
     (reports.save_figure) takes seconds to write one."""
@@ -514,7 +531,7 @@ def contact_sheet(dst, renders, size):
         people = people[np.linspace(0, len(people) - 1, SHEET_PEOPLE).round().astype(int)]
     classes = list(dict.fromkeys(renders["class"]))
     columns = [(name, render) for name in classes for render in sorted(renders["render"].unique())[:SHEET_RENDERS]]
-    tile_width, gap, label_width, header = SHEET_TILE_WIDTH, 4, 84, 22
+    gap, label_width, header = 4, 84, 22
     tile_height = round(tile_width * size[0] / size[1])
     sheet = Image.new("RGB", (label_width + len(columns) * (tile_width + gap),
                               header + len(people) * (tile_height + gap)), "white")
@@ -523,7 +540,8 @@ def contact_sheet(dst, renders, size):
     paths = renders.groupby(["person", "class", "render"])["path"].first()
     splits = renders.groupby("person")["split"].first()
     for column, (name, _) in enumerate(columns):
-        draw.text((label_width + column * (tile_width + gap) + 2, 4), name[:16], fill="black", font=font)
+        draw.text((label_width + column * (tile_width + gap) + 2, 4), fit_text(name, font, tile_width - 4),
+                  fill="black", font=font)
     for row, person in enumerate(people):
         top = header + row * (tile_height + gap)
         draw.text((4, top + tile_height // 2 - 7), f"{person:04d} {splits[person]}", fill="black", font=font)
@@ -540,11 +558,11 @@ def save_sheet(sheet, path):
         sheet.save(temporary, format="PNG", compress_level=3)
 
 
-def people_table(people):
+def people_table(people, labelled):
+    """people.csv: who is who, and (`labelled`) their gender, age and race, else blanks to fill in for --labels."""
     return pd.DataFrame([{"person": person.number, "split": person.split, "photo": person.photo, "face": person.face,
-                          "gender": person.gender if person.race != UNLABELLED["race"] else "",
-                          "age": person.age if person.race != UNLABELLED["race"] else "", "race": person.race}
-                         for person in people])
+                          **({"gender": person.gender, "age": person.age, "race": person.race} if labelled else
+                             {"gender": "", "age": "", "race": ""})} for person in people])
 
 
 def remove_earlier(dst):
@@ -560,6 +578,9 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     src, dst = Path(args.src).expanduser(), Path(args.dst).expanduser()
     classes = parse_classes(args.classes) if args.layout == "folders" else list(COMPETITION_STEMS)
+    if args.layout == "folders" and (args.labels or args.unlabelled):
+        raise cli.UserError("--labels and --unlabelled name the people of --layout competition: class folders need "
+                            "no gender or age")
     if args.layout == "competition" and not args.labels and not args.unlabelled:
         raise cli.UserError("--layout competition needs every person's gender and age: pass --labels CSV, or "
                             "--unlabelled for placeholders")
@@ -584,19 +605,20 @@ def main(argv=None):
         remove_earlier(dst)
     planned = planned_outputs(people, args, classes)
     renders = render_all(src, dst, people, planned, args, mask_photos)
-    tables = {dst / "faces.csv": faces, dst / "people.csv": people_table(people)}
+    tables = {dst / "faces.csv": faces, dst / "people.csv": people_table(people, bool(args.labels))}
     if args.layout == "competition":
         train, truth = competition_tables(people, renders, args.seed)
         tables[dst / "train" / "train.csv"] = train
         if len(truth):
             tables[dst / "eval" / "info.csv"] = truth.assign(ans=0)
             tables[dst / "gt" / "gt.csv"] = truth
-    save_sheet(contact_sheet(dst, renders, args.size), dst / "contact_sheet.png")
+    save_sheet(contact_sheet(dst, renders, args.size, args.sheet_width), dst / "contact_sheet.png")
     tables[dst / "renders.csv"] = renders  # written last: its presence says the set is complete
     write_csvs(tables)
     held = sum(person.split == "eval" for person in people)
     left = faces["left_out"].astype(bool).sum()
-    print(f"wrote {len(renders)} photos of {len(people)} people ({len(people) - held} train, {held} held out) into "
+    print(f"wrote {len(renders)} photos of {len(people)} {'person' if len(people) == 1 else 'people'} "
+          f"({len(people) - held} train, {held} held out) into "
           f"{dst}; {left} face(s) left out (faces.csv); renders listed in {dst / 'renders.csv'}, contact sheet "
           f"{dst / 'contact_sheet.png'}")
 

@@ -152,11 +152,15 @@ class MaskStyle:
     pattern: str
     texture: np.ndarray  # (rows, columns, 3) float albedo 0-1 over (t, s)
     relief: np.ndarray  # (rows, columns) height of the fabric (pleats, seams), for shading
-    # outline on the surface, b in units of Head.unit relative to the landmarks (see outline())
-    top_centre: float
-    top_side: float
+    # the outline (mask_bounds): the top edge's centre at `top_offset` of the way from its anchor's landmark to the
+    # next (bridge: eyes' line to nose tip; under_nose: nose tip to mouth; under_mouth: mouth to chin), `top_rise`
+    # units lower at the sides; the bottom `bottom_drop` units under the chin, `bottom_side` units under the mouth at
+    # the sides; the powers round the edges between
+    top_anchor: str
+    top_offset: float
+    top_rise: float
     top_power: float
-    bottom_centre: float
+    bottom_drop: float
     bottom_side: float
     bottom_power: float
     half_angle: float  # radians: the mask's sides
@@ -209,7 +213,7 @@ def pleats(t, s, rng):
     for position in positions:
         at = position + 0.02 * np.sin(s * 2.4 + rng.uniform(0, 6))
         below = t - at
-        relief += strength * np.where(below > 0, np.exp(-below / 0.025) - 1, np.clip(-below / 0.16, 0, 1) - 1) * 0.5
+        relief += strength * np.where(below > 0, np.exp(-below / 0.03) - 1, np.clip(-below / 0.16, 0, 1) - 1) * 0.22
     return relief
 
 
@@ -266,15 +270,10 @@ def cloth_pattern(rng, pattern, base, t, s):
 
 
 def outline_for(rng, kind, variant):
-    """The mask's outline in units of Head.unit, relative to landmarks (see mask_bounds): top at the centre and the
-    sides, bottom at the centre and the sides, and the powers that round them."""
-    if variant == "correct":
-        top_centre = ("bridge", rng.uniform(0.3, 0.5))
-    elif variant == "nose_out":
-        top_centre = ("under_nose", rng.uniform(0.25, 0.5))
-    else:
-        top_centre = ("under_mouth", rng.uniform(0.35, 0.55))
-    shapes = {  # top rise to the sides, its power; bottom: under the chin, its side height, its power
+    """The MaskStyle fields of a mask's outline (see mask_bounds) for its kind and variant."""
+    anchor, offset = {"correct": ("bridge", rng.uniform(0.3, 0.5)), "nose_out": ("under_nose", rng.uniform(0.25, 0.5)),
+                      "chin": ("under_mouth", rng.uniform(0.35, 0.55))}[variant]
+    shapes = {  # the top's rise to the sides and its power; the bottom's drop under the chin, side, power
         "surgical": (rng.uniform(0.2, 0.45), rng.uniform(1.2, 1.8), rng.uniform(0.05, 0.3), rng.uniform(0.5, 0.9),
                      rng.uniform(1.8, 2.6)),
         "cloth": (rng.uniform(0.4, 0.7), rng.uniform(1.6, 2.4), rng.uniform(0.1, 0.35), rng.uniform(0.4, 0.8),
@@ -282,7 +281,8 @@ def outline_for(rng, kind, variant):
         "kn95": (rng.uniform(0.45, 0.75), rng.uniform(0.9, 1.15), rng.uniform(0.15, 0.35), rng.uniform(0.2, 0.6),
                  rng.uniform(0.95, 1.2)),
     }
-    return top_centre, shapes[kind]
+    return dict(zip(("top_anchor", "top_offset", "top_rise", "top_power", "bottom_drop", "bottom_side",
+                     "bottom_power"), (anchor, offset, *shapes[kind])))
 
 
 def random_style(rng, variant, mask_photos=(), kinds=KINDS):
@@ -306,7 +306,8 @@ def random_style(rng, variant, mask_photos=(), kinds=KINDS):
             texture = base * (mottle * (1 - 0.06 * hem))[..., None]
             stitches = (seam_line(t, 0.075, 0.006) + seam_line(t, 0.925, 0.006)) * (np.sin(s * 260) > 0)
             texture *= (1 - 0.12 * stitches)[..., None]
-        relief = relief + pleats(t, s, rng)
+        if not colour.startswith("photo:"):  # a photo of a real mask shows its own pleats
+            relief = relief + pleats(t, s, rng)
         loop = (245, 245, 245) if colour != "black" or rng.random() < 0.3 else (30, 30, 32)
         loop_width, gloss = rng.uniform(0.03, 0.045), 0.05
     elif kind == "cloth":
@@ -330,34 +331,30 @@ def random_style(rng, variant, mask_photos=(), kinds=KINDS):
         relief = relief + 0.05 * (1 - np.abs(s)) ** 2 - 0.01 * emboss
         loop = (240, 240, 240) if colour != "black" else (40, 40, 44)
         loop_width, gloss = rng.uniform(0.03, 0.045), 0.08
-    (top_anchor, top_offset), (rise, top_power, under, bottom_side, bottom_power) = outline_for(rng, kind, variant)
     return MaskStyle(kind=kind, variant=variant, colour=colour, pattern=pattern, texture=texture,
-                     relief=relief.astype(np.float32), top_centre=(top_anchor, top_offset), top_side=rise,
-                     top_power=top_power, bottom_centre=under, bottom_side=bottom_side, bottom_power=bottom_power,
+                     relief=relief.astype(np.float32), **outline_for(rng, kind, variant),
                      half_angle=math.radians(rng.uniform(66, 74) if kind != "kn95" else rng.uniform(62, 68)),
                      loop_colour=loop, loop_width=loop_width, gloss=gloss)
 
 
 def mask_bounds(head, style):
     """b (pixels) of the mask's top and bottom edges at the centre and at the sides."""
-    unit = head.unit
-    anchor, offset = style.top_centre
-    if anchor == "bridge":  # between the eyes' line and the nose tip
+    unit, offset = head.unit, style.top_offset
+    if style.top_anchor == "bridge":  # between the eyes' line and the nose tip
         top = head.nose * offset
-    elif anchor == "under_nose":  # under the nostrils, above the mouth
-        top = head.nose + offset * (head.mouth - head.nose)
-        top = min(max(top, head.nose + 0.25 * unit), head.mouth - 0.3 * unit)
+    elif style.top_anchor == "under_nose":  # under the nostrils, above the mouth
+        top = min(max(head.nose + offset * (head.mouth - head.nose), head.nose + 0.25 * unit), head.mouth - 0.3 * unit)
         if top < head.nose + 0.2 * unit:  # nose and mouth close together: halfway
             top = (head.nose + head.mouth) / 2
     else:
         top = head.mouth + offset * (head.chin - head.mouth)
-    if style.variant == "chin":
+    if style.variant == "chin":  # the loops pull the corners up; the mask hangs under the chin
         top_side = top - 0.2 * unit
-        bottom = head.chin + (0.55 + style.bottom_centre) * unit
+        bottom = head.chin + (0.55 + style.bottom_drop) * unit
         bottom_side = head.mouth + (0.8 + style.bottom_side) * unit
-    else:
-        top_side = top + style.top_side * unit * (0.35 if style.variant == "nose_out" else 1)
-        bottom = head.chin + style.bottom_centre * unit
+    else:  # pulled down under the nose, its top edge runs flatter and its sides lower
+        top_side = top + style.top_rise * unit * (0.35 if style.variant == "nose_out" else 1)
+        bottom = head.chin + style.bottom_drop * unit
         bottom_side = head.mouth + style.bottom_side * unit * (1.4 if style.variant == "nose_out" else 1)
     return top, top_side, bottom, max(bottom_side, top_side + 0.6 * unit)
 
@@ -372,10 +369,11 @@ def luminance(pixels):
 
 def fit_light(pixels, inside, a, b, unit):
     """The photo's light over a region: a plane fitted to the brightness of its skin (its darker pixels, lips and
-    nostrils, left out), as a field around 1, and the region's brightness and colour cast."""
+    nostrils, left out), as a field around 1; the region's brightness; its colour cast; and the plane's slope
+    (brightness per unit across and down, relative to the level), which says where the light comes from."""
     values = luminance(pixels)[inside]
     if values.size < 30:
-        return np.ones(a.shape, np.float32), 0.6, np.ones(3, np.float32)
+        return np.ones(a.shape, np.float32), 0.6, np.ones(3, np.float32), np.zeros(2)
     columns = np.stack([np.ones_like(values), a[inside] / unit, b[inside] / unit], axis=1)
     keep = np.ones(values.size, bool)
     for _ in range(2):
@@ -386,7 +384,8 @@ def fit_light(pixels, inside, a, b, unit):
     field = (coefficients[0] + coefficients[1] * a / unit + coefficients[2] * b / unit) / level
     cast = pixels[inside][keep].mean(axis=0)
     cast = (cast / max(float(cast.mean()), 1.0)) ** 0.35  # the skin's own colour is most of it: a little is the light's
-    return np.clip(field, 0.55, 1.5).astype(np.float32), level / 255, cast.astype(np.float32)
+    return (np.clip(field, 0.55, 1.5).astype(np.float32), level / 255, cast.astype(np.float32),
+            np.asarray(coefficients[1:]) / level)
 
 
 def exposure_of(level):
@@ -496,7 +495,7 @@ def draw_mask(photo, head, style, rng):
     inside = coverage > 0
 
     # the photo's light, from the skin the mask covers
-    field, level, cast = fit_light(region, inside, a, b, head.unit)
+    field, level, cast, slope = fit_light(region, inside, a, b, head.unit)
     exposure = exposure_of(level)
 
     albedo = sample(style.texture, np.clip(t, 0, 1), np.clip(s, -1, 1))
@@ -508,10 +507,12 @@ def draw_mask(photo, head, style, rng):
     ny = 0.85 * under - 0.35 * over
     # relief (pleats, seams) tilts it along t
     grad_t = np.gradient(relief, axis=0) / max(float(np.gradient(t, axis=0).mean()), 1e-4)
-    ny = ny + np.clip(grad_t, -1.5, 1.5)
+    ny = ny + np.clip(grad_t, -0.9, 0.9)
     norm = np.sqrt(nx ** 2 + ny ** 2 + nz ** 2)
     nx, ny, nz = nx / norm, ny / norm, nz / norm
-    light = np.array([rng.uniform(-0.25, 0.25), rng.uniform(-0.45, -0.15), 1.0])
+    # light from the side the skin is brighter on, mostly from the front and a little from above
+    light = np.array([np.clip(2 * slope[0], -0.6, 0.6) + rng.uniform(-0.1, 0.1),
+                      np.clip(2 * slope[1], -0.3, 0.3) + rng.uniform(-0.4, -0.2), 1.0])
     light /= np.linalg.norm(light)
     lambert = np.clip(nx * light[0] + ny * light[1] + nz * light[2], 0, 1)
     ambient = 0.5

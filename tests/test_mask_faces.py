@@ -164,6 +164,9 @@ def test_portraits_show_the_face_at_a_fifth_to_a_third_of_their_width(rendered):
     group = renders[renders["photo"] == "t1.jpg"]  # the astronaut's square photo cannot give a 3:4 box that wide
     share = (group["face_x2"] - group["face_x1"]) * 1280 / (group["crop_x2"] - group["crop_x1"])
     assert share.between(0.19, 0.36).all(), share.tolist()
+    assert np.allclose(group["output_face_x2"] - group["output_face_x1"], share, atol=1e-3)
+    centre = (group["output_face_y1"] + group["output_face_y2"]) / 2
+    assert centre.between(0.25, 0.45).all()  # the upper middle
     aspect = (group["crop_y2"] - group["crop_y1"]) / (group["crop_x2"] - group["crop_x1"])
     assert np.allclose(aspect, 4 / 3, atol=0.01)
     with Image.open(rendered / group["path"].iloc[0]) as photo:
@@ -238,10 +241,23 @@ def test_the_same_seed_gives_identical_files_and_another_seed_other_styles(rende
     (["--layout", "competition"], "needs every person's gender and age"),
     (["--mask_kinds", "bandana"], "--mask_kinds 'bandana'"),
     (["--eval_people", "7"], "leaves none to train on"),
+    (["--unlabelled"], "--labels and --unlabelled name the people of --layout competition"),
 ])
 def test_bad_requests_are_one_line_errors(rendered, photos_dir, tmp_path, flags, message):
     result = run_script("mask_faces.py", photos_dir, tmp_path / "out", "--faces_csv", rendered / "faces.csv", *flags)
     assert_one_line_error(result, message)
+
+
+def test_labels_that_miss_a_person_or_name_no_face_are_one_line_errors(rendered, photos_dir, tmp_path):
+    people = pd.read_csv(rendered / "people.csv").assign(gender="female", age=40)
+    people.iloc[1:][["photo", "face", "gender", "age"]].to_csv(tmp_path / "short.csv", index=False)
+    people.assign(face=people["face"] + 6)[["photo", "face", "gender", "age"]].to_csv(tmp_path / "wrong.csv",
+                                                                                     index=False)
+    for labels, message in (("short.csv", "has no gender and age for 1 of the 7 people"),
+                            ("wrong.csv", "no person is face 6 of 'astronaut.png'")):
+        result = run_script("mask_faces.py", photos_dir, tmp_path / "out", "--layout", "competition", "--labels",
+                            tmp_path / labels, "--faces_csv", rendered / "faces.csv")
+        assert_one_line_error(result, message)
 
 
 def test_an_earlier_set_is_kept_unless_overwrite_and_dst_may_not_be_inside_src(rendered, photos_dir):
