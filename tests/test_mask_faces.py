@@ -251,8 +251,8 @@ def test_bad_requests_are_one_line_errors(rendered, photos_dir, tmp_path, flags,
 def test_labels_that_miss_a_person_or_name_no_face_are_one_line_errors(rendered, photos_dir, tmp_path):
     people = pd.read_csv(rendered / "people.csv").assign(gender="female", age=40)
     people.iloc[1:][["photo", "face", "gender", "age"]].to_csv(tmp_path / "short.csv", index=False)
-    people.assign(face=people["face"] + 6)[["photo", "face", "gender", "age"]].to_csv(tmp_path / "wrong.csv",
-                                                                                     index=False)
+    wrong = people.assign(face=people["face"] + 6)
+    wrong[["photo", "face", "gender", "age"]].to_csv(tmp_path / "wrong.csv", index=False)
     for labels, message in (("short.csv", "has no gender and age for 1 of the 7 people"),
                             ("wrong.csv", "no person is face 6 of 'astronaut.png'")):
         result = run_script("mask_faces.py", photos_dir, tmp_path / "out", "--layout", "competition", "--labels",
