@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 import cli
@@ -30,14 +29,12 @@ from fileio import read_csv, write_csv
 from photos import decode_image, find_photos
 
 DEFAULT_VARIANTS = ["mtcnn:40", "mtcnn:20", "yunet:20", "yunet+mtcnn:20", "mtcnn+yunet:20"]
-CROP_COLUMNS = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]  # renders.csv: the box of the source photo shown
+TRUE_COLUMNS = ["output_face_x1", "output_face_y1", "output_face_x2", "output_face_y2"]  # renders.csv
 
 
 def get_args_parser():
     parser = cli.new_parser("Measure the face detectors on a rendered set of masked faces.")
     parser.add_argument("data_dir", metavar="DATA", help="a set mask_faces.py wrote (renders.csv, class folders)")
-    cli.add_flag(parser, "source_dir", default=None,
-                 help="the folder of real photos it was rendered from (default: ~/.cache/maskcls/people)")
     cli.add_flag(parser, "detectors", nargs="+", default=DEFAULT_VARIANTS, metavar="NAME:MIN_FACE_SIZE",
                  help=f"detectors to measure, each {', '.join(DETECTORS)} with its smallest face in pixels")
     cli.add_flag(parser, "face_choice", default=DEFAULT_FACE_CHOICE, choices=FACE_CHOICES,
@@ -57,17 +54,13 @@ def parse_variant(text):
     return name, int(size)
 
 
-def true_boxes(data_dir, source_dir):
-    """renders.csv's photos with their true face box as fractions of the rendered photo: the source face box (its
-    face_x1..) in the pixels of the source crop shown (crop_x1..)."""
-    renders = read_csv(data_dir / "renders.csv", dtype={"path": str, "photo": str})
-    sizes = {photo: Image.open(source_dir / photo).size for photo in renders["photo"].unique()}
-    width = np.array([sizes[photo][0] for photo in renders["photo"]], dtype=float)
-    height = np.array([sizes[photo][1] for photo in renders["photo"]], dtype=float)
-    face = renders[list(BOX_COLUMNS)].to_numpy(float) * np.stack([width, height, width, height], axis=1)
-    crop = renders[CROP_COLUMNS].to_numpy(float)
-    shown = np.concatenate([crop[:, 2:] - crop[:, :2]] * 2, axis=1)
-    renders[["true_x1", "true_y1", "true_x2", "true_y2"]] = (face - np.concatenate([crop[:, :2]] * 2, axis=1)) / shown
+def true_boxes(data_dir):
+    """renders.csv's photos with the box of each one's face in the rendered photo (fractions), as mask_faces.py
+    placed it from the unmasked source photo."""
+    renders = read_csv(data_dir / "renders.csv", dtype={"path": str})
+    if not set(TRUE_COLUMNS) <= set(renders.columns):
+        raise cli.UserError(f"{data_dir / 'renders.csv'} has no {', '.join(TRUE_COLUMNS)}: render DATA with "
+                            "mask_faces.py")
     return renders
 
 
@@ -86,8 +79,7 @@ def measure(name, min_face_size, images, truth, choice, min_iou):
     started = time.perf_counter()
     faces = [faces_in(detector, [image])[0] for image in tqdm(images, desc=f"{name}:{min_face_size}", leave=False)]
     milliseconds = (time.perf_counter() - started) / len(images) * 1000
-    overlap = iou(box_frame(faces, choice)[list(BOX_COLUMNS)].to_numpy(float), truth[["true_x1", "true_y1",
-                                                                                      "true_x2", "true_y2"]].to_numpy())
+    overlap = iou(box_frame(faces, choice)[list(BOX_COLUMNS)].to_numpy(float), truth[TRUE_COLUMNS].to_numpy(float))
     found = pd.Series(overlap >= min_iou, index=truth.index)
     rates = found.groupby(truth["class"]).mean()
     return {"detector": f"{name}:{min_face_size}", **{f"found {cls}": rate for cls, rate in rates.items()},
@@ -120,7 +112,7 @@ def main(argv=None):
     torch.set_num_threads(1)  # milliseconds of one core, whatever the machine
     data_dir = Path(args.data_dir)
     variants = [parse_variant(text) for text in args.detectors]
-    truth = true_boxes(data_dir, Path(args.source_dir or Path.home() / ".cache/maskcls/people"))
+    truth = true_boxes(data_dir)
     images = [decode_image(data_dir / path) for path in tqdm(truth["path"], desc="decoding", leave=False)]
     table = pd.DataFrame([measure(name, size, images, truth, args.face_choice, args.min_iou)
                           for name, size in variants])

@@ -591,7 +591,9 @@ def main(argv=None):
     if args.faces_csv:
         faces = read_faces_csv(args.faces_csv, names)
     else:
-        faces = faces_frame(names, detect_faces(photos, args.device, args.min_face_size))
+        # MTCNN's landmarks place the masks: they were measured against it (the masks' tests), and the photos are
+        # of bare faces, which it finds
+        faces = faces_frame(names, detect_faces(photos, args.device, args.min_face_size, name="mtcnn"))
     sizes = {name: np.array(upright_size(path), dtype=float) for name, path in zip(names, photos)}
     people, faces = select_people(faces, sizes, args.min_score)
     if not people:
