@@ -57,6 +57,8 @@ def parse_variant(text):
 def true_boxes(data_dir):
     """renders.csv's photos with the box of each one's face in the rendered photo (fractions), as mask_faces.py
     placed it from the unmasked source photo."""
+    if not (data_dir / "renders.csv").is_file():
+        raise cli.UserError(f"{data_dir} has no renders.csv: pass a set mask_faces.py rendered")
     renders = read_csv(data_dir / "renders.csv", dtype={"path": str})
     if not set(TRUE_COLUMNS) <= set(renders.columns):
         raise cli.UserError(f"{data_dir / 'renders.csv'} has no {', '.join(TRUE_COLUMNS)}: render DATA with "

@@ -1,15 +1,22 @@
-"""Compares training recipes on a generated sample set, over several seeds: the face crop against none by default.
+"""Compares training recipes over several seeds, on a generated sample set or on a set of class folders with
+held-out people: the face crop against none by default.
 
     python benchmark_recipe.py                               # train.py's defaults with and without the face crop
     python benchmark_recipe.py --variant "recipe=" --variant "plain=--head single --criterion cross_entropy"
     python benchmark_recipe.py --people 30 --eval_people 10 --epochs 2 --resize 64 48 --seeds 0   # a smoke test
+    python benchmark_recipe.py --data_dir data/real3 --resize 128 128 \
+        --variant "scratch=--model torchvision:mobilenet_v2" \
+        --variant "imagenet=--model torchvision:mobilenet_v2 --pretrained_path ~/.cache/maskcls/weights/mobilenet_v2.pth"
 
-Generates the sample set once (training people and a held-out eval set with more old people and more men, as the
-real one), preprocesses it once (folds, face boxes), then for every variant and every seed of `--seeds` trains
-train.py on fold 0 with the variant's flags after the shared ones (the same network, input size, epochs, data and
-folds), predicts the eval set with inference.py and scores it. Prints, per variant, the mean and spread (standard
-deviation over seeds) of the eval set's macro F1 and mask F1 and of the validation fold's macro F1, then every run;
-results.json in --out keeps them all. A variant is `NAME=FLAGS`; flags given to train.py win over the shared ones.
+Without --data_dir it generates the sample set once (training people and a held-out eval set with more old people
+and more men, as the real one); with it, it takes DIR/train and DIR/eval, class folders of other people each, whose
+file names start with the person (`0007_...`: mask_faces.py's and generate_sample.py --kind's sets). It
+preprocesses the training photos once (folds, face boxes; a person in one fold), then for every variant and every
+seed of `--seeds` trains train.py on fold 0 with the variant's flags after the shared ones (the same network, input
+size, epochs, data and folds), predicts the eval set with inference.py and scores it. Prints, per variant, the mean
+and spread (standard deviation over seeds) of the eval set's macro F1 (and mask F1, or accuracy) and of the
+validation fold's, then every run; results.json in --out keeps them all. A variant is `NAME=FLAGS`; flags given to
+train.py win over the shared ones.
 """
 import json
 import os
@@ -23,12 +30,15 @@ import numpy as np
 import pandas as pd
 
 import cli
-from evaluation import score
+from dataset import folder_scheme
+from evaluation import read_truth, score
 from generate_sample import generate
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_VARIANTS = ["face crop=", "no crop=--crop none"]
-COLUMNS = ("eval_f1", "eval_mask_f1", "eval_gender_f1", "eval_age_f1", "val_f1")
+COLUMNS = {"competition": ("eval_f1", "eval_mask_f1", "eval_gender_f1", "eval_age_f1", "val_f1"),
+           "folders": ("eval_f1", "eval_accuracy", "val_f1", "val_accuracy")}
+PERSON_OF_FILE = r"^(\d+)_"  # a class-folder set's file names start with the person
 
 
 def get_args_parser():
@@ -39,6 +49,8 @@ def get_args_parser():
     cli.add_flag(data, "people", type=cli.positive_int, default=100, help="generated training people (7 photos each)")
     cli.add_flag(data, "eval_people", type=cli.positive_int, default=60, help="generated held-out eval people")
     cli.add_flag(data, "data_seed", type=cli.non_negative_int, default=0, help="seed of the generated people")
+    cli.add_flag(data, "data_dir", default=None,
+                 help="a set of class folders to use instead: DIR/train and DIR/eval, other people each")
     runs = parser.add_argument_group("runs")
     cli.add_flag(runs, "variant", action="append", default=None, metavar="NAME=FLAGS",
                  help=f"a recipe: its name and train.py flags (repeatable; default: {DEFAULT_VARIANTS})")
@@ -58,7 +70,7 @@ def parse_variants(texts):
         name, separator, flags = text.partition("=")
         if not separator or not name.strip():
             raise cli.UserError(f"--variant {text!r} is not NAME=FLAGS (e.g. 'no crop=--crop none')")
-        variants[name.strip()] = shlex.split(flags)
+        variants[name.strip()] = [os.path.expanduser(flag) for flag in shlex.split(flags)]
     return variants
 
 
@@ -82,35 +94,67 @@ def run(command, env, log):
         raise cli.UserError(f"{command[0]} failed ({lines[-1] if lines else 'no output'}); log in {log}")
 
 
-def train_and_score(work, name, flags, seed, env):
+def eval_metrics(data, output):
+    """The eval set's metrics of inference.py's output folder: output.csv against gt.csv, or a folder set's
+    predictions.csv against its class folders."""
+    if (data / "gt/gt.csv").is_file():
+        truth = pd.read_csv(data / "gt/gt.csv", dtype={"ImageID": str})
+        predicted = pd.read_csv(output / "output.csv", dtype={"ImageID": str}).set_index("ImageID")
+        return score(truth["ans"].to_numpy(), predicted.loc[truth["ImageID"], "ans"].to_numpy())
+    truth = read_truth(data / "eval")
+    scheme = folder_scheme(truth["class"].unique())
+    predicted = pd.read_csv(output / "predictions.csv", dtype=str).set_index("path").loc[truth["path"], "predicted"]
+    label = {name: index for index, name in enumerate(scheme.classes)}
+    return score(truth["class"].map(label).to_numpy(), predicted.map(label).to_numpy(), scheme)
+
+
+def train_and_score(work, data, name, flags, seed, env):
     """Eval-set and validation metrics of one variant trained with one seed."""
     run_name = f"{name.replace(' ', '_')}_seed{seed}"
     run([ROOT / "train.py", "--name", run_name, "--seed", seed, *flags], env, work / f"{run_name}.train.log")
     output = work / "output" / run_name
     run([ROOT / "inference.py", "--model_dir", work / "model" / run_name, "--output_dir", output], env,
         work / f"{run_name}.inference.log")
-    truth = pd.read_csv(work / "data/gt/gt.csv", dtype={"ImageID": str})
-    predicted = pd.read_csv(output / "output.csv", dtype={"ImageID": str}).set_index("ImageID").loc[truth["ImageID"]]
-    metrics = score(truth["ans"].to_numpy(), predicted["ans"].to_numpy())
     summary = pd.read_csv(work / "model" / run_name / "summary.csv")
-    return {"variant": name, "seed": seed, **{f"eval_{key}": value for key, value in metrics.items()},
-            "val_f1": float(summary["val_f1"].max())}
+    best = summary.loc[summary["val_f1"].idxmax()]
+    return {"variant": name, "seed": seed, **{f"eval_{key}": value for key, value in eval_metrics(data, output).items()},
+            "val_f1": float(best["val_f1"]), "val_accuracy": float(best["val_accuracy"])}
+
+
+def prepare(work, args):
+    """(data folder, environment of the scripts): the generated sample set, or --data_dir's class folders with the
+    preprocessed training photos' folds CSV in the working folder."""
+    if args.data_dir is None:
+        data = work / "data"
+        generate(data, people=args.people, eval_people=args.eval_people, seed=args.data_seed, overwrite=True)
+        env = {"SM_CHANNEL_TRAIN": str(data / "train/images"), "SM_CHANNEL_EVAL": str(data / "eval")}
+        preprocess = [ROOT / "preprocess.py"]
+    else:
+        data = Path(args.data_dir).expanduser()
+        if not (data / "train").is_dir() or not (data / "eval").is_dir():
+            raise cli.UserError(f"--data_dir {data} needs train/ and eval/, class folders of other people each")
+        env = {"SM_CHANNEL_TRAIN": str(data / "train"), "SM_CHANNEL_EVAL": str(data / "eval")}
+        preprocess = [ROOT / "preprocess.py", "--layout", "folders", "--group_regex", PERSON_OF_FILE,
+                      "--output", work / "folds.csv"]
+    env = {**os.environ, **env, "SM_MODEL_DIR": str(work / "model")}
+    run(preprocess, env, work / "preprocess.log")
+    for line in (work / "preprocess.log").read_text().splitlines():
+        if line.startswith(("faces", "warning: faces")):
+            print(line)
+    return data, env
 
 
 def benchmark(work, args, variants):
     """Every variant's metrics with every seed, as a list of rows."""
     if (work / "model").exists():
         raise cli.UserError(f"{work / 'model'} exists: pass an empty or new --out")
-    generate(work / "data", people=args.people, eval_people=args.eval_people, seed=args.data_seed, overwrite=True)
-    env = {**os.environ, "SM_CHANNEL_TRAIN": str(work / "data/train/images"), "SM_MODEL_DIR": str(work / "model"),
-           "SM_CHANNEL_EVAL": str(work / "data/eval")}
-    run([ROOT / "preprocess.py"], env, work / "preprocess.log")
-    print(next(line for line in (work / "preprocess.log").read_text().splitlines() if line.startswith("faces:")))
+    data, env = prepare(work, args)
+    folds = [] if args.data_dir is None else ["--csv", work / "folds.csv"]
     rows = []
     for seed in args.seeds:
         for name, flags in variants.items():
             print(f"training {name!r} with seed {seed}", flush=True)
-            rows.append(train_and_score(work, name, shared_flags(args) + flags, seed, env))
+            rows.append(train_and_score(work, data, name, [*folds, *shared_flags(args), *flags], seed, env))
             write_results(rows, work / "results.json")
     return rows
 
@@ -119,16 +163,16 @@ def write_results(rows, path):
     path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
-def print_table(rows, variants):
+def print_table(rows, variants, columns):
     frame = pd.DataFrame(rows)
-    print(f"\n{'mean ± spread over seeds':<26}" + "".join(f"{column:>18}" for column in COLUMNS))
+    print(f"\n{'mean ± spread over seeds':<26}" + "".join(f"{column:>18}" for column in columns))
     for name in variants:
         part = frame[frame["variant"] == name]
         cells = [f"{part[column].mean():.4f} ± {np.std(part[column], ddof=1) if len(part) > 1 else 0:.4f}"
-                 for column in COLUMNS]
+                 for column in columns]
         print(f"{name:<26}" + "".join(f"{cell:>18}" for cell in cells))
     print("\nevery run")
-    print(frame[["variant", "seed", *COLUMNS]].to_string(index=False, float_format="%.4f"))
+    print(frame[["variant", "seed", *columns]].to_string(index=False, float_format="%.4f"))
 
 
 def main(argv=None):
@@ -138,9 +182,10 @@ def main(argv=None):
         work = Path(args.out or temporary)
         work.mkdir(parents=True, exist_ok=True)
         rows = benchmark(work, args, variants)
-    print(f"\n{args.people} training and {args.eval_people} eval people, seeds {' '.join(map(str, args.seeds))}, "
+    data = args.data_dir or f"{args.people} training and {args.eval_people} eval people"
+    print(f"\n{data}, seeds {' '.join(map(str, args.seeds))}, "
           f"train.py defaults{' + ' + ' '.join(shared_flags(args)) if shared_flags(args) else ''}")
-    print_table(rows, variants)
+    print_table(rows, variants, COLUMNS["competition" if args.data_dir is None else "folders"])
 
 
 if __name__ == "__main__":

@@ -264,3 +264,16 @@ def test_an_earlier_set_is_kept_unless_overwrite_and_dst_may_not_be_inside_src(r
     assert_one_line_error(run_script("mask_faces.py", photos_dir, rendered, "--faces_csv", rendered / "faces.csv"),
                           "already holds a data set")
     assert_one_line_error(run_script("mask_faces.py", photos_dir, photos_dir / "out"), "overlap")
+
+
+def test_benchmark_faces_scores_each_detector_on_the_rendered_faces(rendered):
+    result = run_script("benchmark_faces.py", rendered / "train", "--detectors", "mtcnn:64", "yunet:20")
+    assert_one_line_error(result, "has no renders.csv")
+    result = run_script("benchmark_faces.py", rendered, "--detectors", "mtcnn:64", "yunet:20")
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_csv(rendered / "benchmark_faces.csv").set_index("detector")
+    assert list(table.index) == ["mtcnn:64", "yunet:20"]
+    assert (table["found none"] == 1).all()  # every unmasked face found, its box on the true face
+    rates = table[["found correct", "found incorrect", "found none"]]
+    np.testing.assert_allclose(table["gap"], rates.max(axis=1) - rates.min(axis=1))
+    assert (table["mean IoU found"] > 0.6).all() and "| yunet:20 |" in result.stdout
