@@ -134,16 +134,17 @@ def box_frame(faces):
     return pd.DataFrame(rows, columns=[*BOX_COLUMNS, SCORE_COLUMN])
 
 
-def check_boxes(frame, source):
+def check_boxes(frame, source, remedy="rerun preprocess.py"):
     """The frame with its face boxes (BOX_COLUMNS, and SCORE_COLUMN) as floats, checked as data from outside: each
     row's box empty (no face) or four finite fractions with 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1, its score empty
-    or in [0, 1]. Anything else is refused in one line naming `source`, the row (as the CSV's line) and the column."""
+    or in [0, 1]. Anything else is refused in one line naming `source`, the row (as the CSV's line) and the column,
+    and what to do (`remedy`)."""
     present = [column for column in BOX_COLUMNS if column in frame.columns]
     if not present:
         return frame
     if len(present) < len(BOX_COLUMNS):
         raise UserError(f"{source} has the face column {present[0]} but not "
-                        f"{next(column for column in BOX_COLUMNS if column not in present)}: rerun preprocess.py")
+                        f"{next(column for column in BOX_COLUMNS if column not in present)}: {remedy}")
     frame = frame.copy()
     for column in [*BOX_COLUMNS, *([SCORE_COLUMN] if SCORE_COLUMN in frame.columns else [])]:
         values = pd.to_numeric(frame[column], errors="coerce").astype(float)  # text that is no number: NaN
@@ -151,7 +152,7 @@ def check_boxes(frame, source):
         if bad.any():
             row = int(bad.to_numpy().argmax())
             raise UserError(f"{source}: row {row + 2}, column {column} is {frame[column].iloc[row]!r}, not a "
-                            "fraction of the photo from 0 to 1 (or empty)")
+                            f"fraction of the photo from 0 to 1 (or empty): {remedy}")
         frame[column] = values
     boxes = frame[list(BOX_COLUMNS)].to_numpy()
     missing = np.isnan(boxes)
@@ -159,14 +160,14 @@ def check_boxes(frame, source):
     if partial.any():
         row = int(partial.argmax())
         raise UserError(f"{source}: row {row + 2}, column {BOX_COLUMNS[int(missing[row].argmax())]} is empty while "
-                        "the rest of the face box is not: a box has four numbers or none")
+                        f"the rest of the face box is not (a box has four numbers or none): {remedy}")
     unordered = ~missing.any(axis=1) & ((boxes[:, 0] >= boxes[:, 2]) | (boxes[:, 1] >= boxes[:, 3]))
     if unordered.any():
         row = int(unordered.argmax())
         x1, y1, x2, y2 = boxes[row]
         column, value, start = (("face_x2", x2, x1) if x1 >= x2 else ("face_y2", y2, y1))
         raise UserError(f"{source}: row {row + 2}, column {column} is {value:g}, not over the box's start {start:g}: "
-                        "a face box has x1 < x2 and y1 < y2")
+                        f"a face box has x1 < x2 and y1 < y2: {remedy}")
     return frame
 
 
@@ -194,7 +195,7 @@ def kept_boxes(paths, names, store, device="cpu"):
     columns = [*current.columns, *BOX_COLUMNS, SCORE_COLUMN]
     if kept is None or not set(columns) <= set(kept.columns):
         kept = pd.DataFrame(columns=columns)
-    kept = check_boxes(kept, store)  # a store edited, or a link to a file elsewhere, is data from outside
+    kept = check_boxes(kept, store, "remove it to detect the faces again")  # an edited store, or a link elsewhere
     merged = current.merge(kept[columns].drop_duplicates(["path", "bytes", "mtime_ns"]), how="left",
                            on=["path", "bytes", "mtime_ns"], indicator=True)
     stale = (merged.pop("_merge") == "left_only").to_numpy()
