@@ -3,7 +3,7 @@
     python crop_faces.py photos/ crops/                         # the most confident face of each photo
     python crop_faces.py photos/ crops/ --all_faces --margin 0.2 --size 224 224
     python crop_faces.py data/train/images data/train_faces --min_score 0.95
-    python crop_faces.py photos/ crops/ --resume                # continue a run that was interrupted or ran out of space
+    python crop_faces.py photos/ crops/ --resume                # continue a run interrupted or out of space
 
 Every photo under SRC (.jpg, .jpeg, .png; hidden files ignored) goes through the face detector (faces.py, MTCNN);
 its face, grown by --margin times the box on each side and kept inside the photo, is written as
@@ -33,8 +33,8 @@ from PIL import Image
 
 import cli
 from faces import MIN_FACE_SIZE, detect_faces, grow
-from fileio import (atomic_path, copy_new, fitted, make_dir, name_limit, read_json, shown, utf8_paths, write_csv, write_json,
-                    write_new, write_problem)
+from fileio import (atomic_path, copy_new, fitted, make_dir, name_limit, read_json, shown, utf8_paths, write_csv,
+                    write_json, write_new, write_problem)
 from photos import crop_box_pixels, decode_image, find_photos
 
 NO_FACE_FOLDER = "no_face"
@@ -59,9 +59,11 @@ def get_args_parser():
                  help="margin added on each side, as a fraction of the face box's width and height")
     cli.add_flag(crop, "size", type=cli.positive_int, nargs=2, default=None, metavar=("H", "W"),
                  help="resize every crop to this (the crop takes this aspect ratio); default: as cropped")
-    cli.add_flag(crop, "min_score", type=cli.fraction, default=0.0, help="ignore faces detected with a lower confidence")
+    cli.add_flag(crop, "min_score", type=cli.fraction, default=0.0,
+                 help="ignore faces detected with a lower confidence")
     detector = parser.add_argument_group("detector")
-    cli.add_flag(detector, "min_face_size", type=cli.positive_int, default=MIN_FACE_SIZE, help="smallest face looked for, pixels")
+    cli.add_flag(detector, "min_face_size", type=cli.positive_int, default=MIN_FACE_SIZE,
+                 help="smallest face looked for, pixels")
     cli.add_flag(detector, "device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
                  help="device of the detector (on a CPU the photos are spread over the cores)")
     return parser

@@ -243,7 +243,8 @@ def target_scheme(scheme, task="all"):
 
 
 def run_scheme(config, source="the run's config"):
-    """The classes a trained run predicts, from its config: its data's scheme narrowed to its --task, both checked."""
+    """The classes a trained run predicts, from its config: its data's scheme narrowed to its --task, both
+    checked."""
     scheme, task = scheme_of(config, source), config.get("task", "all")
     if task != "all" and (not isinstance(task, str) or task not in scheme.tasks or len(scheme.tasks) == 1):
         raise UserError(f"{source}: task is {task!r}, which is neither all nor a task of its label scheme "
