@@ -28,9 +28,10 @@ from torchsampler import ImbalancedDatasetSampler
 from tqdm import tqdm
 
 from cli import UserError, inside
-from faces import BOX_COLUMNS, SCORE_COLUMN
-from fileio import atomic_path, open_lock, read_csv, write_json
+from faces import check_boxes
+from fileio import atomic_path, megabytes, open_lock, read_csv, reserve, write_json, write_problem
 from photos import DECODING, decode_image
+from sorting import UNCERTAIN
 
 
 class MaskLabel(IntEnum):
@@ -50,16 +51,67 @@ class AgeLabel(IntEnum):
     OLD = 2     # 60 and over
 
 
+RESERVED_CLASS_NAMES = {UNCERTAIN: "sorting's folder of the unsure photos"}  # names the toolkit gives folders itself
+MAX_CLASSES = 10_000  # a scheme of more is no classifier's: a config or metadata that says so is refused, not built
+NAME_BYTES = 255  # a class name is a folder name under --sort_into
+
+
+def class_name_problem(name):
+    """What keeps `name` from being a class name, or None: a class name is the name of a folder (inference.py
+    --sort_into, a class-folder data set) and of a column (prob_<name>), so it is plain text, one path component,
+    visible, and not a folder name the toolkit uses itself."""
+    if not isinstance(name, str):
+        return "is not text"
+    if not name.strip():
+        return "is empty"
+    if name in (".", "..") or "/" in name or "\\" in name:
+        return "is a path, not a name"
+    if not name.isprintable():  # control characters, NUL, line breaks, bytes that are not UTF-8
+        return "holds a control character or a byte that is not text"
+    if name.startswith("."):
+        return "is hidden (the toolkit skips names that start with '.')"
+    if name.casefold() in RESERVED_CLASS_NAMES:
+        return f"is the name of {RESERVED_CLASS_NAMES[name.casefold()]}"
+    if len(name.encode()) > NAME_BYTES:
+        return f"is longer than a folder name may be ({NAME_BYTES} bytes)"
+    return None
+
+
+def check_scheme(name, tasks, source):
+    """Refuses, in one line naming `source`, a scheme that is not a name and tasks of unique, valid class names."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"{source}: its label scheme has no name")
+    if not isinstance(tasks, dict) or not tasks:
+        raise UserError(f"{source}: its label scheme has no tasks (a table of each task's class names)")
+    for task, names in tasks.items():
+        if not isinstance(task, str) or not task.strip() or not task.isprintable():
+            raise UserError(f"{source}: its label scheme has a task named {task!r}, not a name")
+        if not isinstance(names, (list, tuple)) or not names:
+            raise UserError(f"{source}: the task {task!r} of its label scheme lists no class names")
+        for class_name in names:
+            if problem := class_name_problem(class_name):
+                raise UserError(f"{source}: the class name {class_name!r} {problem}: class names are plain, unique "
+                                "folder names")
+        if len(set(names)) < len(names):
+            twice = next(class_name for class_name in names if names.count(class_name) > 1)
+            raise UserError(f"{source}: the class name {twice!r} is listed twice in the task {task!r}")
+    if math.prod(len(names) for names in tasks.values()) > MAX_CLASSES:
+        raise UserError(f"{source}: its label scheme has more than {MAX_CLASSES} classes")
+
+
 class LabelScheme:
     """The classes a run predicts and the tasks they factor into, saved in every run's config.json.
 
     `tasks` maps each task to its class names, in encoding order; the classes are every combination of one class
     per task, the last task varying fastest, so that label = sum of task label * the product of the later tasks'
     sizes (the competition's mask * 6 + gender * 3 + age). A class-folder data set has one task, `class`, whose
-    classes are its folder names, sorted.
+    classes are its folder names, sorted. Every scheme is checked where it is made (check_scheme): what a config,
+    an exported model or a folds CSV says is refused in one line naming `source` unless its class names can be
+    folder names.
     """
 
-    def __init__(self, name, tasks):
+    def __init__(self, name, tasks, source="the label scheme"):
+        check_scheme(name, tasks, source)
         self.name = name
         self.tasks = {task: list(names) for task, names in tasks.items()}
         self.sizes = [len(names) for names in self.tasks.values()]
@@ -75,8 +127,10 @@ class LabelScheme:
         return {"name": self.name, "tasks": self.tasks}
 
     @classmethod
-    def from_dict(cls, data):
-        return cls(data["name"], data["tasks"])
+    def from_dict(cls, data, source="the label scheme"):
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: its label scheme is {data!r}, not a name and tasks")
+        return cls(data.get("name"), data.get("tasks"), source)
 
     def __eq__(self, other):
         return isinstance(other, LabelScheme) and self.to_dict() == other.to_dict()
@@ -113,10 +167,10 @@ NUM_CLASSES = COMPETITION.num_classes
 TASK_CLASSES = dict(zip(COMPETITION.tasks, COMPETITION.sizes))  # the three tasks, in encoding order
 
 
-def scheme_of(config):
-    """The label scheme of a run's config (train.py's resolved arguments); runs saved before schemes were the
-    competition's."""
-    return LabelScheme.from_dict(config["scheme"]) if config.get("scheme") else COMPETITION
+def scheme_of(config, source="the run's config"):
+    """The label scheme of a run's config (train.py's resolved arguments), checked; runs saved before schemes were
+    the competition's."""
+    return LabelScheme.from_dict(config["scheme"], source) if config.get("scheme") is not None else COMPETITION
 
 
 MASK_BY_STEM = {
@@ -166,14 +220,16 @@ def parse_person_folder(name):
     return {"id": match["id"], "gender": gender, "race": match["race"], "age": age}
 
 
-def folder_scheme(class_names):
+def folder_scheme(class_names, source="the class folders"):
     """The scheme of a class-folder data set: one task, `class`, whose classes are the folder names, sorted."""
-    return LabelScheme("folders", {"class": sorted(class_names)})
+    class_names = list(class_names)
+    check_scheme("folders", {"class": class_names}, source)  # before sorting: an empty cell is no name to sort
+    return LabelScheme("folders", {"class": sorted(class_names)}, source)
 
 
-def frame_scheme(frame):
+def frame_scheme(frame, source="the folds CSV"):
     """The label scheme of a folds CSV: the competition's, or its class folders'."""
-    return COMPETITION if "mask_label" in frame.columns else folder_scheme(frame["class"].unique())
+    return COMPETITION if "mask_label" in frame.columns else folder_scheme(frame["class"].unique(), source)
 
 
 def target_scheme(scheme, task="all"):
@@ -186,9 +242,14 @@ def target_scheme(scheme, task="all"):
     return LabelScheme(scheme.name, {task: scheme.tasks[task]})
 
 
-def run_scheme(config):
-    """The classes a trained run predicts, from its config: its data's scheme narrowed to its --task."""
-    return target_scheme(scheme_of(config), config.get("task", "all"))
+def run_scheme(config, source="the run's config"):
+    """The classes a trained run predicts, from its config: its data's scheme narrowed to its --task, both
+    checked."""
+    scheme, task = scheme_of(config, source), config.get("task", "all")
+    if task != "all" and (not isinstance(task, str) or task not in scheme.tasks or len(scheme.tasks) == 1):
+        raise UserError(f"{source}: task is {task!r}, which is neither all nor a task of its label scheme "
+                        f"({', '.join(scheme.tasks)})")
+    return target_scheme(scheme, task)
 
 
 def training_targets(frame, task="all", old_age=OLD_AGE):
@@ -234,12 +295,17 @@ def load_folds(csv_path, data_dir, fold):
             raise UserError(f"{csv_path}: row {int(bad.argmax()) + 2} has {column} {frame[column][bad].iloc[0]!r}, "
                             f"not an integer in [{low}, {high}]: run preprocess.py")
         frame[column] = values.astype(np.int64)
-    scheme = frame_scheme(frame)
+    scheme = frame_scheme(frame, str(csv_path))
     if (frame["label"] >= scheme.num_classes).any():
         raise UserError(f"{csv_path}: a label is not one of the {scheme.num_classes} classes: run preprocess.py")
-    for column in (*BOX_COLUMNS, SCORE_COLUMN):
-        if column in frame.columns:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    if "class" in frame.columns and "mask_label" not in frame.columns:
+        wrong = frame["label"] != frame["class"].map({name: label for label, name in enumerate(scheme.classes)})
+        if wrong.any():
+            row = int(wrong.argmax())
+            raise UserError(f"{csv_path}: row {row + 2} labels the class {frame['class'].iloc[row]!r} "
+                            f"{frame['label'].iloc[row]}, not {scheme.classes.index(frame['class'].iloc[row])} "
+                            "(its place among the sorted classes): run preprocess.py")
+    frame = check_boxes(frame, csv_path)
     absent = [path for path in frame["path"] if not inside(data_dir, path, str(csv_path)).is_file()]
     if absent:
         raise UserError(f"{len(absent)} of {len(frame)} images in {csv_path} are not under {data_dir} "
@@ -339,11 +405,23 @@ class DecodedCache:
                 print(f"{self.file} is stale (photos or size changed): rebuilding it")
                 self.manifest_file.unlink()  # the pixels are about to change: nothing may vouch for them meanwhile
             with atomic_path(self.file) as temporary:
+                self.reserve(temporary)
                 pixels = np.memmap(temporary, np.uint8, "w+", shape=self.shape)
                 self.decode(pixels)
                 pixels.flush()
                 del pixels
             write_json(manifest, self.manifest_file)
+
+    def reserve(self, temporary):
+        """The cache's bytes allocated on disk before the map writes them: a full disk is the one-line error saying
+        how much the cache needs, not a bus error halfway through decoding."""
+        size = int(np.prod(self.shape))
+        try:
+            reserve(temporary, size)
+        except OSError as error:
+            raise UserError(f"cannot write the decoded-image cache {self.file}: "
+                            f"{write_problem(error, self.file.parent, size)}; or pass --cache_dir on another disk, "
+                            f"or --cache ram (it needs {megabytes(size)} of memory) or off") from None
 
     def pixels(self, path):
         """The photo at `path` as a uint8 (H, W, 3) array."""

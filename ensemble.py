@@ -150,15 +150,21 @@ def main(argv=None):
     files = [probability_file(source, args.fold) for source in args.inputs]
     info, paths, labels, reference_name = read_rows(args, predicts=None in files or bool(args.mask))
     reference = None if info is None else info["ImageID"].tolist()
-    aligned = []
+    aligned, scheme = [], COMPETITION if args.mask else None  # the voting runs' scheme, once one is predicted
     for source, file in zip(args.inputs, files):
         if file is None:
             runs = find_runs([source])
-            runs_scheme(runs, args)
+            run_scheme = runs_scheme(runs, args)
+            if scheme is not None and run_scheme != scheme:
+                raise cli.UserError(f"{source} predicts other classes than the runs before it "
+                                    f"({', '.join(run_scheme.classes)} against {', '.join(scheme.classes)}): vote "
+                                    "over runs of one label scheme")
+            scheme = run_scheme
             name, image_ids, probabilities = source, reference, predict_runs(runs, paths, args, device)
         else:
             name, (image_ids, probabilities) = str(file), read_probabilities(file)
-        classes = COMPETITION.num_classes if args.mask or not aligned else aligned[0].shape[1]
+        # the first voter sets the class count (any scheme's), the composition the competition's 18
+        classes = COMPETITION.num_classes if args.mask else aligned[0].shape[1] if aligned else probabilities.shape[1]
         if probabilities.shape[1] != classes:
             raise cli.UserError(f"{name} holds {probabilities.shape[1]} classes, not {classes}: every input must "
                                 "predict the same classes (compose single-task runs with --mask, --gender and --age)")

@@ -30,7 +30,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 import cli
 import reports
 from dataset import COMPETITION, NUM_CLASSES, ImageDataset, folder_scheme
-from fileio import read_csv
+from fileio import read_csv, utf8_paths
 from photos import find_photos
 from submissions import read_labels, read_predictions, read_probabilities
 
@@ -174,11 +174,20 @@ def organisers_json(metrics):
     })
 
 
+def refuse_empty_cells(frame, columns, source):
+    """Refuses, in one line naming `source`, the row (as the CSV's line) and the column, a frame with an empty cell
+    in `columns`: an empty path or class is no answer to score."""
+    for column in columns:
+        empty = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+        if empty.any():
+            raise cli.UserError(f"{source}: row {int(empty.to_numpy().argmax()) + 2} has no {column} (an empty cell)")
+
+
 def read_truth(source):
     """(path, class) of every photo: the class folders of a folder (paths relative to it) or a CSV's rows."""
     source = Path(source)
     if source.is_dir():
-        photos = find_photos(source)
+        photos = utf8_paths(find_photos(source))  # as inference.py skips them
         truth = pd.DataFrame({"path": [str(path.relative_to(source)) for path in photos],
                               "class": [path.relative_to(source).parts[0] for path in photos]})
         truth = truth[truth["path"] != truth["class"]]  # photos beside the class folders have no class
@@ -187,6 +196,7 @@ def read_truth(source):
         missing = [column for column in ("path", "class") if column not in truth.columns]
         if missing:
             raise cli.UserError(f"truth {source} lacks the column(s) {', '.join(missing)}")
+        refuse_empty_cells(truth, ["path", "class"], f"truth {source}")
     else:
         raise cli.UserError(f"truth {source} is neither a folder of class folders nor a CSV of path, class")
     if truth.empty or truth["path"].duplicated().any():
@@ -207,7 +217,9 @@ def score_folder(truth_source, predictions_path, args):
     """Prints accuracy, macro F1 and the per-class table of a folder's predictions (and with --report writes their
     pictures: the photos of a truth folder at --resize); returns the metrics."""
     truth = read_truth(truth_source)
-    predictions = read_predictions(predictions_path).set_index("path")
+    predictions = read_predictions(predictions_path)
+    refuse_empty_cells(predictions, ["path", "predicted"], f"predictions {predictions_path}")
+    predictions = predictions.set_index("path")
     missing = truth["path"][~truth["path"].isin(predictions.index)]
     extra = predictions.index[~predictions.index.isin(truth["path"])]
     if len(missing) or len(extra):
@@ -246,8 +258,11 @@ def main(argv=None):
         score_folder(args.truth, args.predictions or Path(args.output_dir) / "predictions.csv", args)
         return
     ground_truth = read_labels(Path(args.gt_dir) / "gt.csv", "ground truth")
+    refuse_empty_cells(ground_truth, ["ImageID"], f"ground truth {Path(args.gt_dir) / 'gt.csv'}")
     submission_path = args.submission or Path(args.output_dir) / "output.csv"
-    predicted = align(ground_truth, read_labels(submission_path, "submission"))
+    submission = read_labels(submission_path, "submission")
+    refuse_empty_cells(submission, ["ImageID"], f"submission {submission_path}")
+    predicted = align(ground_truth, submission)
     report_inputs = read_report_inputs(args, submission_path, ground_truth["ImageID"].tolist()) if args.report else ()
     metrics = score(ground_truth["ans"].to_numpy(), predicted)
     print(organisers_json(metrics))

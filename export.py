@@ -17,15 +17,24 @@ head's task softmaxes multiplied inside), and its metadata holds the scheme, cla
   U8S8 kernels that run fast on x86), MinMax-calibrated on `--calibration` training photos of the run's folds CSV
   decoded and cropped exactly as at inference; the nodes after the last matrix product (the softmaxes and their
   product) stay in float, so the probabilities keep their resolution. `--int8_ops` restricts the op types quantized.
-- Checks: onnx.checker, the largest difference from eager at batch 1 and at `--batch_size`, and top-1 agreement with
-  eager over the run's validation fold. An fp32 or fp16 model agreeing on less than `--min_agreement` is refused
-  (nothing is written); int8's agreement is reported, for the user to judge.
+- Checks against eager over the run's validation fold, each variant gated by what its precision promises: fp32 is
+  the same function, so its probabilities may differ from eager's by `--fp32_tolerance` at most; fp16 rounds, so
+  its differences may reach `--fp16_tolerance`, and it must agree with eager's top-1 on `--min_agreement` of the
+  photos where that top-1 is no near-tie (ahead of the runner-up by more than `--near_tie`: a near-tie flipping
+  under fp16 is rounding, not a broken export). int8 trades accuracy for speed by design: its agreement is
+  reported, for the user to judge. Every variant also passes onnx.checker and gives finite probabilities. A variant
+  that fails its gate is reported and not written (an earlier file of that name is removed, as the report no longer
+  vouches for it); the others are. When none passes, nothing is written.
 - Report: per variant file MB, batch-1 latency (median and p90 after warm-up; every variant and eager timed in turn
   within each round, on `--threads` threads) and its ratio to eager's, images/s at `--batch_size`, accuracy and macro
-  F1 on the validation fold, agreement with eager; the CPU and whether it has AVX512-VNNI; which variants meet
-  `--max_mb` and `--max_ms`. Every file is written into place only when every check passed.
+  F1 on the validation fold, agreement with eager (overall and off the near-ties), the largest probability
+  difference; the CPU and whether it has AVX512-VNNI; which variants meet `--max_mb` and `--max_ms`; which were
+  refused and why. The files are moved into place together, once every check ran; the intermediate models live in
+  a hidden folder inside the output folder, removed however the export ends (a killed one's by the next export).
 """
+import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -45,14 +54,13 @@ from augmentation import create_transform
 from dataset import CACHE_MODES, ImageDataset, load_folds, open_cache, run_scheme, training_targets
 from evaluation import score
 from faces import crop_regions
-from fileio import atomic_paths
+from fileio import atomic_paths, scratch_folder
 from inference import load_run
 from model import WithProbabilities
 from exported import INPUT_NAME, OUTPUT_NAME, create_session, with_metadata
 
 VARIANTS = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 REPORT_JSON, REPORT_MARKDOWN = "export_report.json", "export_report.md"
-CHECKED_VARIANTS = ("fp32", "fp16")  # refused under --min_agreement; int8 trades agreement for speed by design
 
 
 def get_args_parser():
@@ -79,8 +87,15 @@ def get_args_parser():
     checks = parser.add_argument_group("checks and timing")
     cli.add_flag(checks, "batch_size", type=cli.positive_int, default=32,
                  help="batch of the batch-N check and of the throughput")
+    cli.add_flag(checks, "fp32_tolerance", type=cli.non_negative_float, default=1e-4,
+                 help="fp32 is refused if a probability differs from eager's by more (measured: 4e-8)")
+    cli.add_flag(checks, "fp16_tolerance", type=cli.non_negative_float, default=0.02,
+                 help="fp16 is refused if a probability differs from eager's by more (measured: 8e-5)")
     cli.add_flag(checks, "min_agreement", type=cli.fraction, default=0.99,
-                 help="fp32 and fp16 agreeing with eager's top-1 on less of the validation fold are refused")
+                 help="fp16 agreeing with eager's top-1 on less of the validation photos that are no near-tie is "
+                      "refused")
+    cli.add_flag(checks, "near_tie", type=cli.fraction, default=0.01,
+                 help="a photo whose eager top-1 probability leads the runner-up by this or less is a near-tie")
     cli.add_flag(checks, "threads", type=cli.positive_int, default=1,
                  help="threads of eager torch and onnxruntime while timing (1 was fastest at batch 1 on 2 cores)")
     cli.add_flag(checks, "latency_runs", type=cli.positive_int, default=100, help="timed batch-1 runs per variant")
@@ -160,10 +175,22 @@ def nodes_after_last_matmul(model_proto):
     return names
 
 
-def quantize_int8(fp32_path, path, calibration, batch_size, op_types=None):
-    """Static QDQ int8 (U8S8, per-channel, MinMax) of the fp32 model, calibrated on `calibration` photos."""
-    with tempfile.TemporaryDirectory() as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
+@contextlib.contextmanager
+def temporaries_in(folder):
+    """tempfile's default folder is `folder` inside the block: onnxruntime's quantization writes its copies of the
+    model there, not in /tmp, where a kill would leave them."""
+    previous, tempfile.tempdir = tempfile.tempdir, str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
+def quantize_int8(fp32_path, path, calibration, batch_size, scratch, op_types=None):
+    """Static QDQ int8 (U8S8, per-channel, MinMax) of the fp32 model, calibrated on `calibration` photos; the
+    intermediate models go into the folder `scratch`."""
+    with temporaries_in(scratch):
+        prepared = scratch / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
         quantize_static(str(prepared), str(path), Calibration(calibration, batch_size), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -177,19 +204,21 @@ def build_variant(variant, fp32_path, calibration, batch_size, int8_ops, scratch
         return onnx.load(str(fp32_path))
     if variant == "fp16":
         return convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
-    quantize_int8(fp32_path, scratch / "int8.onnx", calibration, batch_size, int8_ops)
+    quantize_int8(fp32_path, scratch / "int8.onnx", calibration, batch_size, scratch, int8_ops)
     return onnx.load(str(scratch / "int8.onnx"))
 
 
-def write_variants(eager, config, paths, calibration, batch_size=32, int8_ops=None):
+def write_variants(eager, config, paths, calibration, batch_size=32, int8_ops=None, scratch=None):
     """Writes each variant of `paths` ({variant: path}) with the run's metadata; int8 is calibrated on the uint8
-    photos of `calibration`, `batch_size` at a time, quantizing the op types `int8_ops` (None: all)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        fp32_path = Path(scratch) / "fp32.onnx"
+    photos of `calibration`, `batch_size` at a time, quantizing the op types `int8_ops` (None: all). The
+    intermediate models go into the folder `scratch` (default: a scratch folder beside the first path)."""
+    with (contextlib.nullcontext(scratch) if scratch else
+          scratch_folder(Path(next(iter(paths.values()))).parent, "export")) as scratch:
+        fp32_path = scratch / "fp32.onnx"
         export_fp32(eager, config["resize"], fp32_path)
         for variant, path in paths.items():
             print(f"writing the {variant} model", flush=True)
-            proto = build_variant(variant, fp32_path, calibration, batch_size, int8_ops, Path(scratch))
+            proto = build_variant(variant, fp32_path, calibration, batch_size, int8_ops, scratch)
             onnx.save(with_metadata(proto, config, variant), path)
 
 
@@ -203,21 +232,60 @@ def session_probabilities(session, images, batch_size):
                            for batch in images.split(batch_size)])
 
 
-def check_variant(variant, path, session, eager, valid_images, eager_valid, targets, scheme, args):
-    """onnx.checker, the largest difference from eager at batch 1 and N, and agreement and scores on the fold."""
-    onnx.checker.check_model(str(path))
+def largest_difference(probabilities, expected):
+    """The largest absolute difference of two probability arrays; None when `probabilities` are not all finite (an
+    overflow), which no tolerance passes."""
+    return float(np.abs(probabilities - expected).max()) if np.isfinite(probabilities).all() else None
+
+
+def no_near_tie(probabilities, near_tie):
+    """Which rows' top-1 leads the runner-up by more than `near_tie`."""
+    if probabilities.shape[1] < 2:
+        return np.ones(len(probabilities), dtype=bool)
+    top_two = np.sort(probabilities, axis=1)[:, -2:]
+    return top_two[:, 1] - top_two[:, 0] > near_tie
+
+
+def check_variant(path, session, eager, valid_images, eager_valid, targets, scheme, args):
+    """A variant measured against eager: onnx.checker's verdict, the largest probability difference at batch 1, at
+    batch N and over the fold, top-1 agreement over the fold and over its photos that are no near-tie, and the
+    scores on the fold."""
+    try:
+        onnx.checker.check_model(str(path))
+        checker = None
+    except onnx.checker.ValidationError as error:
+        checker = cli.first_line(error)
     batch = valid_images[:args.batch_size]
     with torch.no_grad():
-        differences = {size: float(np.abs(session_probabilities(session, batch[:size], size)
-                                          - eager(batch[:size]).numpy()).max()) for size in (1, len(batch))}
-    predicted = session_probabilities(session, valid_images, args.batch_size).argmax(axis=1)
-    agreement = float((predicted == eager_valid.argmax(axis=1)).mean())
-    if variant in CHECKED_VARIANTS and agreement < args.min_agreement:
-        raise cli.UserError(f"the {variant} model agrees with eager on {agreement:.4f} of the validation fold, under "
-                            f"--min_agreement {args.min_agreement}: nothing written")
+        differences = {size: largest_difference(session_probabilities(session, batch[:size], size),
+                                                eager(batch[:size]).numpy()) for size in (1, len(batch))}
+    probabilities = session_probabilities(session, valid_images, args.batch_size)
+    predicted, agreeing = probabilities.argmax(axis=1), probabilities.argmax(axis=1) == eager_valid.argmax(axis=1)
+    decided = no_near_tie(eager_valid, args.near_tie)
     metrics = score(targets, predicted, scheme)
-    return {"max_difference_batch_1": differences[1], f"max_difference_batch_{len(batch)}": differences[len(batch)],
-            "agreement": agreement, "accuracy": metrics["accuracy"], "f1": metrics["f1"]}
+    return {"checker": checker, "max_difference_batch_1": differences[1],
+            f"max_difference_batch_{len(batch)}": differences[len(batch)],
+            "max_difference": largest_difference(probabilities, eager_valid), "agreement": float(agreeing.mean()),
+            "no_near_tie_photos": int(decided.sum()),
+            "agreement_no_near_tie": float(agreeing[decided].mean()) if decided.any() else 1.0,
+            "accuracy": metrics["accuracy"], "f1": metrics["f1"]}
+
+
+def gate(variant, measured, args):
+    """Why a variant fails the gate of its precision (see the docstring at the top), or None when it passes."""
+    if measured["checker"]:
+        return f"onnx.checker refuses it ({measured['checker']})"
+    if None in (measured["max_difference"], measured["max_difference_batch_1"]):
+        return "its probabilities are not all finite numbers"
+    tolerance = {"fp32": args.fp32_tolerance, "fp16": args.fp16_tolerance}.get(variant)
+    if tolerance is not None and measured["max_difference"] > tolerance:
+        return (f"its probabilities differ from eager's by up to {measured['max_difference']:.3g}, over "
+                f"--{variant}_tolerance {tolerance:g}")
+    if variant == "fp16" and measured["agreement_no_near_tie"] < args.min_agreement:
+        return (f"it agrees with eager's top-1 on {measured['agreement_no_near_tie']:.4f} of the "
+                f"{measured['no_near_tie_photos']} validation photos that are no near-tie (--near_tie "
+                f"{args.near_tie:g}), under --min_agreement {args.min_agreement:g}")
+    return None
 
 
 def time_calls(runners, example, warmup, runs):
@@ -265,11 +333,15 @@ def cpu_description():
     return {"cpu": fields.get("model name", "unknown"), "avx512_vnni": "avx512_vnni" in fields.get("flags", "").split()}
 
 
-def report_rows(sizes, checks, timings, args):
+def report_rows(sizes, checks, timings, refused, args):
     """One row per variant of `checks` (eager first): size, latency and its ratio to eager's, throughput, scores,
-    whether it meets the targets."""
+    whether it meets the targets; a refused variant's row has no timing and says why."""
     rows = []
     for name in checks:
+        if name in refused:
+            rows.append({"variant": name, "file_mb": sizes[name], **checks[name], "refused": refused[name],
+                         "meets_targets": False})
+            continue
         row = {"variant": name, "file_mb": sizes[name], **timings[name],
                "latency_ratio": timings[name]["latency_ms"] / timings["eager"]["latency_ms"], **checks[name]}
         row["meets_targets"] = name != "eager" and row["file_mb"] <= args.max_mb and row["latency_ms"] <= args.max_ms
@@ -277,25 +349,33 @@ def report_rows(sizes, checks, timings, args):
     return rows
 
 
-def build_report(args, config, model, eager, written, valid_images, targets, calibration):
-    """Every written variant ({variant: path}) checked (check_variant) and timed beside eager: the report."""
+def build_report(args, config, model, eager, built, valid_images, targets, calibration):
+    """Every built variant ({variant: path}) measured against eager (check_variant) and gated (gate), those that
+    pass timed beside eager: the report, its `refused` {variant: why}."""
     scheme = run_scheme(config)
     eager_valid = eager_probabilities(eager, valid_images, args.batch_size)
-    sessions = {variant: create_session(path, args.threads) for variant, path in written.items()}
+    sessions = {variant: create_session(path, args.threads) for variant, path in built.items()}
     eager_scores = score(targets, eager_valid.argmax(axis=1), scheme)
-    checks = {"eager": {"accuracy": eager_scores["accuracy"], "f1": eager_scores["f1"]},
-              **{variant: check_variant(variant, path, sessions[variant], eager, valid_images, eager_valid, targets,
-                                        scheme, args) for variant, path in written.items()}}
-    print("timing eager and " + ", ".join(written), flush=True)
-    timings = timing(eager, sessions, valid_images, args.threads, args.warmup, args.latency_runs, args.batch_size,
+    checks = {"eager": {"accuracy": eager_scores["accuracy"], "f1": eager_scores["f1"]}}
+    refused = {}
+    for variant, path in built.items():
+        checks[variant] = check_variant(path, sessions[variant], eager, valid_images, eager_valid, targets, scheme,
+                                        args)
+        if reason := gate(variant, checks[variant], args):
+            refused[variant] = reason
+            print(f"the {variant} model is refused: {reason}", flush=True)
+    passing = {variant: session for variant, session in sessions.items() if variant not in refused}
+    print("timing eager" + "".join(f", {variant}" for variant in passing), flush=True)
+    timings = timing(eager, passing, valid_images, args.threads, args.warmup, args.latency_runs, args.batch_size,
                      args.throughput_runs)
     weights_mb = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values()) / 1e6
-    sizes = {"eager": weights_mb, **{variant: path.stat().st_size / 1e6 for variant, path in written.items()}}
-    rows = report_rows(sizes, checks, timings, args)
+    sizes = {"eager": weights_mb, **{variant: path.stat().st_size / 1e6 for variant, path in built.items()}}
+    rows = report_rows(sizes, checks, timings, refused, args)
     return {"run": str(args.run_dir), "checkpoint": args.checkpoint, "resize": config["resize"],
             "validation_photos": len(valid_images), "calibration_photos": len(calibration), "threads": args.threads,
             "batch_size": args.batch_size, "max_mb": args.max_mb, "max_ms": args.max_ms, **cpu_description(),
-            "variants": rows, "meeting_targets": [row["variant"] for row in rows if row["meets_targets"]]}
+            "variants": rows, "meeting_targets": [row["variant"] for row in rows if row["meets_targets"]],
+            "refused": refused}
 
 
 def markdown_table(report):
@@ -308,12 +388,17 @@ def markdown_table(report):
         size = f"{row['file_mb']:.1f}"
         scores = [f"{row[key]:.4f}" if key in row else "—" for key in ("accuracy", "f1", "agreement")]
         meets = "—" if row["variant"] == "eager" else ("yes" if row["meets_targets"] else "no")
+        if "refused" in row:
+            lines.append(f"| {row['variant']} | {size} | — | — | — | {' | '.join(scores)} | refused |")
+            continue
         lines.append(f"| {row['variant']} | {size} | {row['latency_ms']:.2f} / {row['latency_p90_ms']:.2f} | "
                      f"{row['latency_ratio']:.2f} | {row['images_per_second']:.0f} | {' | '.join(scores)} | {meets} |")
     vnni = {True: "with", False: "without", None: "unknown"}[report["avx512_vnni"]]
+    refused = "".join(f"\n{variant} refused, not written: {reason}\n" for variant, reason in report["refused"].items())
     return (f"{report['run']}: {report['validation_photos']} validation photos at {report['resize'][0]}×"
             f"{report['resize'][1]}, {report['threads']} thread(s), {report['cpu']} ({vnni} AVX512-VNNI)\n\n"
-            + header + "\n".join(lines) + "\n\neager: the PyTorch model in the same process (MB: its fp32 weights)\n")
+            + header + "\n".join(lines) + "\n\neager: the PyTorch model in the same process (MB: its fp32 weights)\n"
+            + refused)
 
 
 def main(argv=None):
@@ -323,14 +408,26 @@ def main(argv=None):
     eager = WithProbabilities(model, config).eval()
     valid_images, targets, calibration = fold_photos(config, args)
     output_dir = args.output_dir or args.run_dir
-    paths = {variant: output_dir / VARIANTS[variant] for variant in args.variants}
-    with atomic_paths(*paths.values(), output_dir / REPORT_JSON, output_dir / REPORT_MARKDOWN) as temporaries:
-        written = dict(zip(paths, map(Path, temporaries)))
-        print(f"exporting {args.run_dir} ({config['model']}, {config['head']} head) as {', '.join(paths)}")
-        write_variants(eager, config, written, calibration, args.batch_size, args.int8_ops)
-        report = build_report(args, config, model, eager, written, valid_images, targets, calibration)
-        Path(temporaries[-2]).write_text(json.dumps(report, indent=2) + "\n")
-        Path(temporaries[-1]).write_text(markdown_table(report))
+    with scratch_folder(output_dir, "export") as scratch:
+        built = {variant: scratch / VARIANTS[variant] for variant in args.variants}
+        print(f"exporting {args.run_dir} ({config['model']}, {config['head']} head) as {', '.join(built)}")
+        write_variants(eager, config, built, calibration, args.batch_size, args.int8_ops, scratch)
+        report = build_report(args, config, model, eager, built, valid_images, targets, calibration)
+        if len(report["refused"]) == len(built):
+            raise cli.UserError("every variant failed its gate (" + "; ".join(
+                f"{variant}: {reason}" for variant, reason in report["refused"].items()) + "): nothing written")
+        passed = [variant for variant in built if variant not in report["refused"]]
+        stale = [output_dir / VARIANTS[variant] for variant in report["refused"]
+                 if (output_dir / VARIANTS[variant]).is_file()]
+        with atomic_paths(*(output_dir / VARIANTS[variant] for variant in passed), output_dir / REPORT_JSON,
+                          output_dir / REPORT_MARKDOWN) as temporaries:
+            for variant, temporary in zip(passed, temporaries):
+                os.replace(built[variant], temporary)
+            Path(temporaries[-2]).write_text(json.dumps(report, indent=2) + "\n")
+            Path(temporaries[-1]).write_text(markdown_table(report))
+    for path in stale:  # an earlier export's file that this report no longer vouches for
+        path.unlink()
+        print(f"removed {path}, an earlier export of the refused variant")
     print(markdown_table(report))
     met = ", ".join(report["meeting_targets"]) or "none"
     print(f"meeting <= {args.max_mb:g} MB and <= {args.max_ms:g} ms: {met}; files in {output_dir}")

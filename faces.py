@@ -333,6 +333,43 @@ def find_boxes(paths, detection=Detection(), device="cpu"):
     return box_frame(faces, detection.face_choice)
 
 
+def check_boxes(frame, source, remedy="rerun preprocess.py"):
+    """The frame with its face boxes (BOX_COLUMNS, and SCORE_COLUMN) as floats, checked as data from outside: each
+    row's box empty (no face) or four finite fractions with 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1, its score empty
+    or in [0, 1]. Anything else is refused in one line naming `source`, the row (as the CSV's line) and the column,
+    and what to do (`remedy`)."""
+    present = [column for column in BOX_COLUMNS if column in frame.columns]
+    if not present:
+        return frame
+    if len(present) < len(BOX_COLUMNS):
+        raise UserError(f"{source} has the face column {present[0]} but not "
+                        f"{next(column for column in BOX_COLUMNS if column not in present)}: {remedy}")
+    frame = frame.copy()
+    for column in [*BOX_COLUMNS, *([SCORE_COLUMN] if SCORE_COLUMN in frame.columns else [])]:
+        values = pd.to_numeric(frame[column], errors="coerce").astype(float)  # text that is no number: NaN
+        bad = (frame[column].notna() & values.isna()) | (values < 0) | (values > 1)  # inf is over 1 or under 0
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise UserError(f"{source}: row {row + 2}, column {column} is {frame[column].iloc[row]!r}, not a "
+                            f"fraction of the photo from 0 to 1 (or empty): {remedy}")
+        frame[column] = values
+    boxes = frame[list(BOX_COLUMNS)].to_numpy()
+    missing = np.isnan(boxes)
+    partial = missing.any(axis=1) & ~missing.all(axis=1)
+    if partial.any():
+        row = int(partial.argmax())
+        raise UserError(f"{source}: row {row + 2}, column {BOX_COLUMNS[int(missing[row].argmax())]} is empty while "
+                        f"the rest of the face box is not (a box has four numbers or none): {remedy}")
+    unordered = ~missing.any(axis=1) & ((boxes[:, 0] >= boxes[:, 2]) | (boxes[:, 1] >= boxes[:, 3]))
+    if unordered.any():
+        row = int(unordered.argmax())
+        x1, y1, x2, y2 = boxes[row]
+        column, value, start = (("face_x2", x2, x1) if x1 >= x2 else ("face_y2", y2, y1))
+        raise UserError(f"{source}: row {row + 2}, column {column} is {value:g}, not over the box's start {start:g}: "
+                        f"a face box has x1 < x2 and y1 < y2: {remedy}")
+    return frame
+
+
 def report_detection(frame, names, missing_path):
     """Writes the photos without a face to `missing_path` (one `path` per row) and prints how many had one."""
     missing = frame[SCORE_COLUMN].isna().to_numpy()
@@ -375,16 +412,17 @@ def kept_boxes(paths, names, store, device="cpu", detection=Detection()):
     are listed in no_face.csv beside it, and the count printed."""
     stats = [os.stat(path) for path in paths]
     key = ["path", "bytes", "mtime_ns", FACE_DETECTOR_COLUMN]
-    current = pd.DataFrame({"path": list(names), "bytes": [stat.st_size for stat in stats],
-                            "mtime_ns": [stat.st_mtime_ns for stat in stats],
+    current = pd.DataFrame({"path": list(names), "bytes": [str(stat.st_size) for stat in stats],
+                            "mtime_ns": [str(stat.st_mtime_ns) for stat in stats],  # as text, as the store is read
                             FACE_DETECTOR_COLUMN: detection.signature})
     try:
-        kept = read_csv(store, dtype={"path": str, FACE_DETECTOR_COLUMN: str}) if store.is_file() else None
+        kept = read_csv(store, dtype=str) if store.is_file() else None
     except UserError:
         kept = None  # an unreadable store is detected anew
     columns = [*key, *BOX_COLUMNS, SCORE_COLUMN]
     if kept is None or not set(columns) <= set(kept.columns):
         kept = pd.DataFrame(columns=columns)
+    kept = check_boxes(kept, store, "remove it to detect the faces again")  # an edited store, or a link elsewhere
     merged = current.merge(kept[columns].drop_duplicates(key), how="left", on=key, indicator=True)
     stale = (merged.pop("_merge") == "left_only").to_numpy()
     if stale.any():

@@ -42,8 +42,8 @@ from dataset import (CACHE_MODES, COMPETITION, ImageDataset, frame_scheme, load_
                      loader_options, open_cache, run_scheme, training_targets)
 from evaluation import score
 from faces import BOX_COLUMNS, Detection, crop_regions, fallback_face, kept_boxes, run_detection
-from fileio import load_checkpoint, read_csv, read_json
-from exported import OnnxClassifier, read_config
+from fileio import load_checkpoint, read_csv, read_json, utf8_paths
+from exported import OnnxClassifier, check_config, read_config
 from model import AMP_DTYPES, HEADS, check_amp, create_model, load_weights, place_model, predict
 from photos import find_photos
 from sorting import SORT_MODES, sort_photos
@@ -146,12 +146,15 @@ def is_onnx(source):
 
 
 def source_config(source):
-    """The config of a run directory (its config.json) or of an exported model (its metadata)."""
+    """The config of a run directory (its config.json) or of an exported model (its metadata), checked as
+    exported.check_config checks both: what arrives with a model is not trusted."""
     if is_onnx(source):
         return read_config(source)
     if not (Path(source) / "config.json").is_file():
         raise cli.UserError(f"{source} is not a run directory (no config.json): pass the folder train.py made")
-    return read_json(Path(source) / "config.json", RUN_CONFIG_CHECKS)
+    config = read_json(Path(source) / "config.json", RUN_CONFIG_CHECKS)
+    check_config(config, Path(source) / "config.json")
+    return config
 
 
 def check_run(source, config, task="all", fold=None):
@@ -271,7 +274,7 @@ def is_photo_folder(args):
 def read_photo_folder(folder):
     """(info, paths) of every photo under `folder` (hidden files and folders left out), ImageID its path there."""
     folder = Path(folder)
-    paths = find_photos(folder)
+    paths = utf8_paths(find_photos(folder))  # predictions.csv cannot name the others
     if not paths:
         raise cli.UserError(f"no info.csv and no photos (.jpg, .jpeg, .png) in {folder}: pass an eval folder or "
                             "a folder of photos")

@@ -5,16 +5,21 @@ Not a script. Every photo goes to DIR/<predicted class>/ (DIR/uncertain/ when it
 overwritten. `copy` and `symlink` leave the photos where they are; `move` first links (or, across file systems,
 copies) the photo into place and only then removes the original, so a move interrupted at any point leaves every
 photo in at least one of the two places.
+
+A class name comes from a run's config or a model's metadata: the scheme has checked it (dataset.class_name_problem),
+and sorting checks again that each folder it joins under DIR is a folder directly inside DIR once resolved (no `..`,
+no separator, no link planted out of DIR), one per class, before a single photo is filed. A file name too long for
+a numbered copy is cut to fit; a copy that fails (a full disk) is the one-line error saying how many photos are
+already filed.
 """
 import errno
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
 
 import cli
+from fileio import copy_new, create_new, shown, write_problem
 
 SORT_MODES = ("copy", "move", "symlink")
 UNCERTAIN = "uncertain"
@@ -25,51 +30,37 @@ def folder_name(class_name):
     return class_name.replace(os.sep, "-")
 
 
-def free_names(folder, name):
-    """name, name_1, name_2, ... in `folder`: candidates, the caller claiming one atomically."""
-    stem, suffix = os.path.splitext(name)
-    yield folder / name
-    number = 1
-    while True:
-        yield folder / f"{stem}_{number}{suffix}"
-        number += 1
+def class_folders(destination, names):
+    """{folder name: destination/<folder name>} of each of `names` (and of UNCERTAIN), each refused unless it is a
+    folder directly inside `destination` once resolved, and no two classes share one."""
+    destination, folders = Path(destination).resolve(), {}
+    classes = {folder_name(name): name for name in names}
+    if len(classes) < len(set(names)):
+        raise cli.UserError("two predicted classes would share one folder under --sort_into (their names differ "
+                            "only by '/' and '-'): nothing filed")
+    if UNCERTAIN in classes:
+        raise cli.UserError(f"a predicted class is named {UNCERTAIN!r}, the folder of the unsure photos: nothing filed")
+    for folder in [*classes, UNCERTAIN]:
+        path = None if "\0" in folder else (destination / folder).resolve()
+        if path is None or path.parent != destination:
+            raise cli.UserError(f"the class {classes.get(folder, folder)!r} names the folder {folder!r}, which is not "
+                                f"a folder directly inside {shown(destination)}: nothing filed")
+        folders[folder] = path
+    return folders
 
 
 def claim(source, folder, mode):
     """Puts `source` into `folder` under the first free name, without ever replacing a file; returns the path.
     Each attempt creates the name atomically (link, symlink), so two photos never take the same name."""
-    for target in free_names(folder, source.name):
+    if mode == "symlink":
+        return create_new(folder, source.name, lambda target: os.symlink(source.resolve(), target))
+    if mode == "move":
         try:
-            if mode == "symlink":
-                os.symlink(source.resolve(), target)
-            elif mode == "move":
-                link_or_copy(source, target)
-            else:
-                copy_new(source, target)
-            return target
-        except FileExistsError:
-            continue
-
-
-def link_or_copy(source, target):
-    """A hard link of `source` at `target`, or across file systems a full copy moved there by a link."""
-    try:
-        os.link(source, target)
-    except OSError as error:
-        if error.errno != errno.EXDEV:
-            raise
-        copy_new(source, target)
-
-
-def copy_new(source, target):
-    """Copies `source` to a temporary file beside `target`, then links it at `target` (failing if taken)."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        shutil.copy2(source, temporary)
-        os.link(temporary, target)
-    finally:
-        os.remove(temporary)
+            return create_new(folder, source.name, lambda target: os.link(source, target))
+        except OSError as error:
+            if error.errno != errno.EXDEV:  # across file systems: a full copy, moved there by a link
+                raise
+    return copy_new(source, folder)  # copied to a temporary there first, then linked into place
 
 
 def sort_photos(paths, predicted, confidences, destination, mode="copy", min_confidence=0.0):
@@ -78,13 +69,18 @@ def sort_photos(paths, predicted, confidences, destination, mode="copy", min_con
     destination = Path(destination)
     if destination.exists() and not destination.is_dir():
         raise cli.UserError(f"--sort_into {destination} is a file: pass a folder")
+    folders = class_folders(destination, set(predicted))
     targets = []
     for path, name, confidence in tqdm(list(zip(paths, predicted, confidences)), desc=f"{mode} into folders",
                                        unit="photo"):
-        folder = destination / (UNCERTAIN if confidence < min_confidence else folder_name(name))
-        folder.mkdir(parents=True, exist_ok=True)
-        target = claim(Path(path), folder, mode)
-        if mode == "move":
-            os.remove(path)  # only now: the photo is already in its folder
+        folder = folders[UNCERTAIN if confidence < min_confidence else folder_name(name)]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            target = claim(Path(path), folder, mode)
+            if mode == "move":
+                os.remove(path)  # only now: the photo is already in its folder
+        except OSError as error:
+            raise cli.UserError(f"cannot {mode} {shown(path)} into {shown(folder)}: {write_problem(error, folder)} "
+                                f"({len(targets)} of {len(paths)} photos filed before it)") from None
         targets.append(target)
     return targets
