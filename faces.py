@@ -420,9 +420,10 @@ def kept_boxes(paths, names, store, device="cpu", detection=Detection()):
     except UserError:
         kept = None  # an unreadable store is detected anew
     columns = [*key, *BOX_COLUMNS, SCORE_COLUMN]
+    if kept is not None:  # an edited store, or a link elsewhere: its boxes are data from outside
+        kept = check_boxes(kept, store, "remove it to detect the faces again")
     if kept is None or not set(columns) <= set(kept.columns):
         kept = pd.DataFrame(columns=columns)
-    kept = check_boxes(kept, store, "remove it to detect the faces again")  # an edited store, or a link elsewhere
     merged = current.merge(kept[columns].drop_duplicates(key), how="left", on=key, indicator=True)
     stale = (merged.pop("_merge") == "left_only").to_numpy()
     if stale.any():

@@ -286,16 +286,22 @@ def read_csv(path, name=None, **options):
         raise UserError(f"{name or path} is not a readable CSV: {str(error).splitlines()[0]}") from None
 
 
+def to_csv(frame, path):
+    """RFC 4180's CRLF line ends: the csv module then quotes a text holding a lone CR too (a file may be named so),
+    which a reader would otherwise take for the end of its row."""
+    frame.to_csv(path, index=False, lineterminator="\r\n")
+
+
 def write_csv(frame, path):
     with atomic_path(path) as temporary:
-        frame.to_csv(temporary, index=False)
+        to_csv(frame, temporary)
 
 
 def write_csvs(frames):
     """Writes {path: frame} as one set (atomic_paths): the last path is there only when every file is new."""
     with atomic_paths(*frames) as temporaries:
         for frame, temporary in zip(frames.values(), temporaries):
-            frame.to_csv(temporary, index=False)
+            to_csv(frame, temporary)
 
 
 def write_json(data, path):

@@ -307,6 +307,9 @@ def photos_with_and_without_a_face(sample_data, source):
         shutil.copy(sample_data / "train/images" / path, source / name)
 
 
+AS_PREPROCESS = ["--min_score", "0"]  # every face found counts, as preprocess.py counted them
+
+
 def tree(folder):
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
@@ -315,7 +318,7 @@ def test_crop_faces_resumes_an_interrupted_run_into_what_an_uninterrupted_one_wr
                                                                                      monkeypatch):
     source = tmp_path / "src"
     photos_with_and_without_a_face(sample_data, source)
-    assert run_script("crop_faces.py", source, tmp_path / "whole").returncode == 0
+    assert run_script("crop_faces.py", source, tmp_path / "whole", *AS_PREPROCESS).returncode == 0
     process, calls = crop_faces.process_photo, []
 
     def interrupted_after_two(*args):
@@ -325,13 +328,15 @@ def test_crop_faces_resumes_an_interrupted_run_into_what_an_uninterrupted_one_wr
         return process(*args)
 
     monkeypatch.setattr(crop_faces, "process_photo", interrupted_after_two)
-    assert run_script("crop_faces.py", source, tmp_path / "dst").returncode == 130
+    assert run_script("crop_faces.py", source, tmp_path / "dst", *AS_PREPROCESS).returncode == 130
     monkeypatch.setattr(crop_faces, "process_photo", process)
     assert not (tmp_path / "dst").exists()  # DST appears complete or not at all
-    assert_one_line_error(run_script("crop_faces.py", source, tmp_path / "dst"), "pass --resume to continue it")
-    assert_one_line_error(run_script("crop_faces.py", source, tmp_path / "dst", "--resume", "--margin", "0.2"),
+    assert_one_line_error(run_script("crop_faces.py", source, tmp_path / "dst", *AS_PREPROCESS),
+                          "pass --resume to continue it")
+    assert_one_line_error(run_script("crop_faces.py", source, tmp_path / "dst", *AS_PREPROCESS, "--resume", "--margin",
+                                     "0.2"),
                           "margin was 0.4 in the interrupted run")
-    resumed = run_script("crop_faces.py", source, tmp_path / "dst", "--resume")
+    resumed = run_script("crop_faces.py", source, tmp_path / "dst", *AS_PREPROCESS, "--resume")
     assert resumed.returncode == 0 and "resuming: 2 of 4 photos done, 2 to go" in resumed.stdout, resumed.stderr
     assert tree(tmp_path / "dst") == tree(tmp_path / "whole")
     table = pd.read_csv(tmp_path / "dst/faces.csv").set_index("path")["crop"]
