@@ -18,9 +18,11 @@ import preprocess
 import train
 from augmentation import BatchMixer, StrongAugmentation
 from cli import UserError
+from conftest import run_script
 from dataset import (COMPETITION, NUM_CLASSES, TASK_CLASSES, ImageDataset, create_sampler, decode_label, encode_label,
                      inverse_frequency, run_scheme)
 from fileio import load_checkpoint
+from generate_sample import generate_classes
 from loss import create_training_criterion
 from model import create_model
 from optim import create_optimizer, create_scheduler, parameter_groups
@@ -340,3 +342,17 @@ def test_the_backbone_learns_at_its_fraction_of_the_heads_rate_through_onecycle(
         scheduler.step()
         assert backbone["lr"] == pytest.approx(head["lr"] * 0.1)
     assert len(create_optimizer(args, parameter_groups(model, args.lr, 1.0)).param_groups) == 1
+
+
+@pytest.mark.slow
+def test_benchmark_recipe_scores_variants_on_held_out_people_of_class_folders(tmp_path):
+    generate_classes(tmp_path / "data", "mask", people=6, eval_people=2, seed=0)
+    result = run_script("benchmark_recipe.py", "--data_dir", tmp_path / "data", "--out", tmp_path / "work",
+                        "--seeds", "0", "--epochs", "1", "--resize", "64", "48", "--workers", "0",
+                        "--variant", "tiny=--model test_resnet --crop none")
+    assert result.returncode == 0, result.stderr[-2000:]
+    [row] = json.loads((tmp_path / "work/results.json").read_text())
+    eval_photos = len(list((tmp_path / "data/eval").rglob("*.jpg")))
+    predicted = pd.read_csv(tmp_path / "work/output/tiny_seed0/predictions.csv")
+    assert len(predicted) == eval_photos and row["variant"] == "tiny" and 0 <= row["eval_f1"] <= 1
+    assert "tiny" in result.stdout and "eval_accuracy" in result.stdout
