@@ -56,7 +56,7 @@ from dataset import GENDER_BY_NAME, MASK_BY_STEM, MAX_AGE, MIN_AGE, MaskLabel, a
 from faces import BOX_COLUMNS, MIN_FACE_SIZE, detect_faces
 from fileio import atomic_path, make_dir, read_csv, write_csvs
 from generate_sample import eval_image_name
-from photos import SWAPS_SIDES, crop_box_pixels, decode_image, find_photos, orientation
+from photos import crop_box_pixels, decode_image, find_photos, upright_size
 
 LAYOUTS = ("folders", "competition")
 FRAMINGS = ("portrait", "face")
@@ -201,16 +201,6 @@ def check_folders(src, dst, overwrite):
     if not photos:
         raise cli.UserError(f"{src} holds no photos (.jpg, .jpeg, .png)")
     return photos
-
-
-def upright_size(path):
-    """(width, height) of the photo at `path` as decode_image gives it (turned as its EXIF says), without decoding
-    it."""
-    try:
-        with Image.open(path) as photo:
-            return photo.size[::-1] if orientation(photo) in SWAPS_SIDES else photo.size
-    except Exception as error:  # noqa: BLE001 -- PIL on bytes from outside: every failure is the file's
-        raise cli.UserError(f"cannot decode {path}: {cli.first_line(error)}") from None
 
 
 def faces_frame(names, found):

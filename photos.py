@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from cli import UserError, first_line
 
@@ -81,6 +81,24 @@ def orientation(photo):
     return value if value in TRANSPOSES else 1
 
 
+def decode_problem(error):
+    """What went wrong in PIL, in one line that names no Python object (PIL's 'cannot identify image file' names
+    an open file by its repr)."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not a photo in a format PIL reads (JPEG, PNG, ...)"
+    return first_line(error)
+
+
+def upright_size(path):
+    """(width, height) of the photo at `path` as decode_image gives it (turned as its EXIF says), without decoding
+    its pixels."""
+    try:
+        with Image.open(path) as photo:
+            return photo.size[::-1] if orientation(photo) in SWAPS_SIDES else photo.size
+    except Exception as error:  # noqa: BLE001 -- PIL on bytes from outside: every failure is the file's
+        raise UserError(f"cannot decode {source_name(path)}: {decode_problem(error)}") from None
+
+
 def source_name(source):
     """How an error names what was decoded: the path, or an open file's name."""
     return str(getattr(source, "name", None) or "the uploaded photo") if hasattr(source, "read") else str(source)
@@ -109,7 +127,7 @@ def decode_image(source, size=None, region=None, zoom=1.0):
                     photo.draft("RGB", wanted[::-1] if turn in SWAPS_SIDES else wanted)
                 image = to_rgb(photo)
     except Exception as error:  # noqa: BLE001 -- only PIL runs here, on bytes from outside: every failure is the file's
-        raise UserError(f"cannot decode {source_name(source)}: {first_line(error)}") from None
+        raise UserError(f"cannot decode {source_name(source)}: {decode_problem(error)}") from None
     if turn != 1:
         image = image.transpose(TRANSPOSES[turn])
     if box is not None and image.size != upright:  # the box in the reduced photo's pixels, kept inside them

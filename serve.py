@@ -460,15 +460,12 @@ def uploaded_files(body, content_type, max_files):
 
 
 class Upload(io.BytesIO):
-    """An upload's bytes as the open file decode_image reads; PIL's and decode_image's messages name it by `name`
-    (a multipart part's file name), not by an object's address."""
+    """An upload's bytes as the open file decode_image reads; its message names it by `name` (a multipart part's
+    file name)."""
 
     def __init__(self, data, name):
         super().__init__(data)
         self.name = name
-
-    def __repr__(self):
-        return self.name
 
 
 def decode_upload(name, data, named):
