@@ -379,7 +379,7 @@ def build_report(args, config, model, eager, built, valid_images, targets, calib
 
 
 def markdown_table(report):
-    """The report as the markdown table the README shows."""
+    """The report as the markdown table docs/deployment.md shows."""
     header = ("| variant | file MB | batch-1 ms (median / p90) | × eager | images/s at batch "
               f"{report['batch_size']} | accuracy | macro F1 | agreement | meets ≤ {report['max_mb']:g} MB, "
               f"≤ {report['max_ms']:g} ms |\n|---|---|---|---|---|---|---|---|---|\n")

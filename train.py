@@ -52,12 +52,12 @@ from optim import (OPTIMIZERS, SCHEDULERS, create_ema, create_grad_scaler, creat
                    parameter_groups)
 
 SELECT = {"f1": "val_f1", "accuracy": "val_accuracy"}  # --select: the validation metric that picks best.pth
-# The defaults are the recipe that scored best on the sample set's held-out eval people (benchmark_recipe.py, README
-# "Defaults"): face crop, multi head, weighted sampler, ages 58+ trained as 60+, focal loss, vertical cutmix,
+# The defaults are the recipe that scored best on the sample set's held-out eval people (benchmark_recipe.py,
+# docs/defaults.md): face crop, multi head, weighted sampler, ages 58+ trained as 60+, focal loss, vertical cutmix,
 # onecycle at 3e-3, batch 32, 8 epochs.
 TRAINING_OLD_AGE = 58
-# What a flag left unset means, from scratch and fine-tuning pretrained weights (README "Fine-tuning"): measured on
-# real faces with rendered masks, held-out people, three seeds (benchmark_recipe.py).
+# What a flag left unset means, from scratch and fine-tuning pretrained weights (docs/defaults.md): measured on real
+# faces with rendered masks, held-out people, three seeds (benchmark_recipe.py --data_dir).
 SCRATCH = {"lr": 3e-3, "backbone_lr": 1.0, "freeze_epochs": 0}
 FINE_TUNING = {"lr": 1e-3, "backbone_lr": 1.0, "freeze_epochs": 0}
 
