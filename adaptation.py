@@ -1,0 +1,349 @@
+"""Post-hoc adjustments of predicted class probabilities: calibration, label-shift adaptation, decisions for macro F1.
+
+Not a script: inference.py, inference_tta.py and ensemble.py adjust every run's probabilities with an `Adjuster`
+(`--calibrate`, `--adapt_prior em|bbse|none`, `--decision argmax|f1`), evaluation.py and reports.py measure
+calibration (`expected_calibration_error`, `calibration_bins`), train.py records the prior a run was trained under
+(`training_mix`). The rest are pure functions of probability arrays (N, C), torch or numpy, computed in float64.
+
+Everything acts per task of the run's LabelScheme and is composed back with `scheme.compose`, as the multi head
+composes its task softmaxes:
+
+- **temperature** (Guo et al. 2017, "On calibration of modern neural networks"): a distribution raised to 1/T and
+  renormalised, softmax(log p / T), which is dividing its logits by T. A multi head gets one T per task (applied to
+  `scheme.marginals`, which are its task softmaxes), a single head one T over its classes; each T minimises the
+  validation fold's negative log-likelihood. Every task keeps its most probable class, and so does the product.
+- **prior** (label shift: the eval set has another class mix q(y) than the mix p(y) the model was trained under, the
+  photos of one class look the same): posteriors re-weighted by q(y) / p(y) and renormalised. q is the product of
+  one mix per task (the eval set's share of masks, of men, of each age band), estimated from the predictions
+  without labels: by EM (Saerens, Latinne & Decaestecker 2002, "Adjusting the outputs of a classifier to new a
+  priori probabilities"), which alternates re-weighting the posteriors and averaging them into the next q, or by
+  BBSE (Lipton, Wang & Smola 2018, "Detecting and correcting for label shift with black box predictors"), which
+  solves C w = mu: C the validation fold's joint of (soft) predicted and true class, mu the eval set's mean
+  prediction, q = w * the validation mix. p is what train.py's sampler drew (`training_mix`): with the weighted
+  sampler nearly uniform, not the folders' mix.
+- **decision**: argmax maximises accuracy, not macro F1. The answer is argmax_k W_k p_k, W the product of one
+  weight per class of each task, fitted by coordinate ascent to maximise the macro F1 of held-out predictions
+  (each photo weighted to stand for the eval mix when the prior was adapted); it starts from W = 1 and takes only
+  changes that raise that F1, so the held-out F1 never drops.
+"""
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+
+from dataset import LabelScheme
+
+PRIOR_METHODS = ("em", "bbse", "none")
+DECISIONS = ("f1", "argmax")
+ECE_BINS = 15                       # Guo et al.'s expected calibration error
+TEMPERATURES = (0.05, 20.0)         # the range searched
+PRIOR_FLOOR = 1e-3                  # no class's estimated share falls below this: re-weighting never erases a class
+EM_STEPS, EM_TOLERANCE = 1000, 1e-8
+DECISION_LOG_WEIGHTS = np.linspace(-2.0, 2.0, 17)  # weights e^-2 (0.14) to e^2 (7.4) tried for each class
+DECISION_PASSES = 3
+TINY = torch.finfo(torch.float64).tiny
+
+
+def as_float64(probabilities):
+    return torch.as_tensor(np.asarray(probabilities), dtype=torch.float64)
+
+
+def head_scheme(scheme, head):
+    """The tasks a run's probabilities factor into: a multi head's, or one task of every class for a single head."""
+    return scheme if head == "multi" or len(scheme.tasks) == 1 else LabelScheme(scheme.name, {"class": scheme.classes})
+
+
+def normalise(values):
+    return values / values.sum(dim=-1, keepdim=True)
+
+
+def log_likelihood_loss(probabilities, labels):
+    """The mean negative log-likelihood of the true labels."""
+    picked = as_float64(probabilities)[torch.arange(len(labels)), torch.as_tensor(np.asarray(labels))]
+    return float(-picked.clamp_min(TINY).log().mean())
+
+
+def with_temperature(probabilities, temperature):
+    """softmax(log p / T) of each row: flatter for T > 1, sharper for T < 1, the same most probable class."""
+    return torch.softmax(as_float64(probabilities).clamp_min(TINY).log() / temperature, dim=1)
+
+
+def fit_temperature(probabilities, labels):
+    """The temperature that minimises the negative log-likelihood of the labels; 1 unless another does better."""
+    probabilities = as_float64(probabilities)
+
+    def loss(log_temperature):
+        return log_likelihood_loss(with_temperature(probabilities, math.exp(log_temperature)), labels)
+
+    found = minimize_scalar(loss, bounds=tuple(map(math.log, TEMPERATURES)), method="bounded")
+    return math.exp(found.x) if found.fun < loss(0.0) else 1.0
+
+
+def fit_temperatures(probabilities, labels, scheme):
+    """One temperature per task of `scheme` (head_scheme's), fitted on held-out probabilities and their labels."""
+    return [fit_temperature(task, task_labels) for task, task_labels in
+            zip(scheme.marginals(as_float64(probabilities)), scheme.decode(np.asarray(labels)))]
+
+
+def apply_temperatures(probabilities, temperatures, scheme):
+    """Each task's distribution at its temperature, composed back into class probabilities."""
+    return scheme.compose(*(with_temperature(task, temperature) for task, temperature in
+                            zip(scheme.marginals(as_float64(probabilities)), temperatures)))
+
+
+def task_mixes(prior, scheme):
+    """The mix of each task of a class prior (C,): its marginals, as a list of (size,) tensors."""
+    return [task[0] for task in scheme.marginals(as_float64(prior)[None])]
+
+
+def floored(mix):
+    return normalise(torch.clamp_min(as_float64(mix), PRIOR_FLOOR))
+
+
+def reweight(probabilities, ratio):
+    """Posteriors times a per-class ratio (C,) of new to old prior, renormalised."""
+    return normalise(as_float64(probabilities) * ratio)
+
+
+def prior_ratio(eval_mixes, trained_under, scheme):
+    """Per class (C,): the eval prior (the product of the task mixes `eval_mixes`) over the prior the posteriors
+    were trained under (C,)."""
+    return scheme.compose(*(floored(mix)[None] for mix in eval_mixes))[0] / floored(trained_under)
+
+
+def posterior_prior(training_prior, scheme, head):
+    """The prior (C,) a run's posteriors answer to: a multi head's task softmaxes each learnt its task's mix of the
+    training prior, so their product answers to the product of those mixes; a single head to the prior itself."""
+    training_prior = as_float64(training_prior)
+    if head != "multi":
+        return training_prior
+    return scheme.compose(*(mix[None] for mix in task_mixes(training_prior, scheme)))[0]
+
+
+def em_mixes(probabilities, trained_under, scheme, steps=EM_STEPS, tolerance=EM_TOLERANCE):
+    """The eval set's mix of each task by EM (Saerens et al. 2002): start from the training mixes, re-weight the
+    posteriors by the current prior over the training one, take the mean re-weighted posterior's task marginals as
+    the next mixes, until they move less than `tolerance`."""
+    probabilities, mixes = as_float64(probabilities), task_mixes(trained_under, scheme)
+    for _ in range(steps):
+        adapted = reweight(probabilities, prior_ratio(mixes, trained_under, scheme))
+        updated = [task.mean(dim=0) for task in scheme.marginals(adapted)]
+        moved = max(float((new - old).abs().max()) for new, old in zip(updated, mixes))
+        mixes = updated
+        if moved < tolerance:
+            break
+    return [floored(mix) for mix in mixes]
+
+
+def bbse_mix(valid_probabilities, valid_labels, probabilities):
+    """One task's eval mix by black-box shift estimation (Lipton et al. 2018), with soft predictions: C[j, y], the
+    validation fold's mean probability of class j among photos of class y times the share of y, and mu, the eval
+    set's mean probability of each class, give the weights w = q / p_validation that solve C w = mu (least squares,
+    negative ones cut to 0)."""
+    valid_probabilities, size = as_float64(valid_probabilities), as_float64(probabilities).shape[1]
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(np.asarray(valid_labels)), size).to(torch.float64)
+    joint = valid_probabilities.T @ onehot / len(valid_labels)
+    mean_prediction = as_float64(probabilities).mean(dim=0)
+    weights = torch.linalg.lstsq(joint, mean_prediction[:, None], driver="gelsd").solution[:, 0].clamp_min(0)
+    mix = weights * onehot.mean(dim=0)
+    return floored(mix if mix.sum() > 0 else torch.ones(size))
+
+
+def bbse_mixes(valid_probabilities, valid_labels, probabilities, scheme):
+    """Each task's eval mix by BBSE on that task's marginals."""
+    return [bbse_mix(valid, labels, task) for valid, labels, task in
+            zip(scheme.marginals(as_float64(valid_probabilities)), scheme.decode(np.asarray(valid_labels)),
+                scheme.marginals(as_float64(probabilities)))]
+
+
+def photo_weights(labels, eval_mixes, scheme):
+    """A weight per held-out photo, prod over tasks of q_task(its class) / the held-out share of its class, so that
+    the held-out photos stand for a set of the eval mixes."""
+    weights = np.ones(len(labels))
+    for task_labels, mix, size in zip(scheme.decode(np.asarray(labels)), eval_mixes, scheme.sizes):
+        shares = np.bincount(task_labels, minlength=size) / len(labels)
+        weights *= mix.numpy()[task_labels] / shares[task_labels]
+    return weights
+
+
+def weighted_macro_f1(labels, predicted, num_classes, weights=None):
+    """Macro F1 over all `num_classes` classes (a class never predicted nor present counts 0), each photo counted
+    with its weight."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    weights = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=float)
+    true_positive = np.bincount(labels[labels == predicted], weights[labels == predicted], minlength=num_classes)
+    actual, chosen = (np.bincount(values, weights, minlength=num_classes) for values in (labels, predicted))
+    denominator = actual + chosen
+    return float(np.divide(2 * true_positive, denominator, out=np.zeros(num_classes), where=denominator > 0).mean())
+
+
+def class_weights(task_log_weights, scheme):
+    """The per-class decision weights W (C,): the product of each task's weights."""
+    return scheme.compose(*(torch.as_tensor(np.exp(weights))[None] for weights in task_log_weights))[0]
+
+
+def decide(probabilities, task_log_weights, scheme):
+    """The answers argmax_k W_k p_k."""
+    return (as_float64(probabilities) * class_weights(task_log_weights, scheme)).argmax(dim=1).numpy()
+
+
+def fit_decision_weights(probabilities, labels, scheme, weights=None):
+    """Per-task log weights (one (size,) array per task of `scheme`) that raise the held-out macro F1 of
+    `decide`: coordinate ascent over DECISION_LOG_WEIGHTS, taking only strict improvements."""
+    probabilities, labels = as_float64(probabilities), np.asarray(labels)
+    log_weights = [np.zeros(size) for size in scheme.sizes]
+
+    def f1_of(candidate):
+        return weighted_macro_f1(labels, decide(probabilities, candidate, scheme), scheme.num_classes, weights)
+
+    best = f1_of(log_weights)
+    for _ in range(DECISION_PASSES):
+        improved = False
+        for task, size in enumerate(scheme.sizes):
+            for k in range(size if size > 1 else 0):
+                for value in DECISION_LOG_WEIGHTS:
+                    candidate = [weights_.copy() for weights_ in log_weights]
+                    candidate[task][k] = value
+                    if (f1 := f1_of(candidate)) > best + 1e-12:
+                        best, log_weights, improved = f1, candidate, True
+        if not improved:
+            break
+    return log_weights
+
+
+def calibration_bins(probabilities, labels, bins=ECE_BINS):
+    """(photos, mean confidence, accuracy) of each of `bins` equal-width confidence bins ((m-1)/M, m/M], the
+    confidence being the largest probability and a photo right when that class is its label; empty bins hold 0."""
+    probabilities, labels = np.asarray(probabilities, dtype=float), np.asarray(labels)
+    confidence, right = probabilities.max(axis=1), probabilities.argmax(axis=1) == labels
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.nan_to_num(np.bincount(index, confidence, minlength=bins) / counts)
+        accuracy = np.nan_to_num(np.bincount(index, right, minlength=bins) / counts)
+    return counts, mean_confidence, accuracy
+
+
+def expected_calibration_error(probabilities, labels, bins=ECE_BINS):
+    """Guo et al.'s ECE: the photo-weighted mean gap between confidence and accuracy over `bins` confidence bins."""
+    counts, confidence, accuracy = calibration_bins(probabilities, labels, bins)
+    return float((counts * np.abs(accuracy - confidence)).sum() / max(counts.sum(), 1))
+
+
+def training_mix(sampler, targets, num_classes):
+    """The class mix (C,) a training loader draws: each class's share of the sampler's weights (a weighted or
+    imbalanced sampler's), or of the photos for a plain shuffle."""
+    weights = getattr(sampler, "weights", None)
+    weights = np.ones(len(targets)) if weights is None else np.asarray(weights, dtype=float)
+    mix = np.bincount(np.asarray(targets), weights, minlength=num_classes)
+    return (mix / mix.sum()).tolist()
+
+
+def percentages(mix):
+    return "/".join(f"{100 * share:.0f}" for share in mix)
+
+
+def describe_mixes(mixes, scheme, trained_under):
+    """'wear 71% incorrect 14% ... (trained under 33/33/33, ...)' of task mixes."""
+    shares = ", ".join(" ".join(f"{name} {100 * share:.0f}%" for name, share in zip(names, mix))
+                       for names, mix in zip(scheme.tasks.values(), mixes))
+    return f"{shares} (trained under {', '.join(percentages(mix) for mix in task_mixes(trained_under, scheme))})"
+
+
+def describe_weights(task_log_weights, scheme):
+    changed = [f"{name} {math.exp(value):.2f}" for names, weights in zip(scheme.tasks.values(), task_log_weights)
+               for name, value in zip(names, weights) if value != 0]
+    return ", ".join(changed) or "all 1 (argmax was best)"
+
+
+class HeldOut:
+    """Held-out predictions (N, C) as adjusted, their labels, and a weight per photo (None: 1 each)."""
+
+    def __init__(self, probabilities, labels, weights=None):
+        self.probabilities, self.labels, self.weights = as_float64(probabilities), np.asarray(labels), weights
+
+
+class Adjuster:
+    """Adjusts each run's eval probabilities as the flags ask, and then decides the answers of their mean.
+
+    `adjust` takes one run's eval probabilities with what it was fitted on: its held-out predictions and their
+    labels (or a sentence saying why there are none), the prior it was trained under (or None) and its head; it
+    calibrates, adapts the prior, prints one line of what it did and could not do, keeps the held-out predictions
+    adjusted alike for the decision, and returns the adjusted probabilities. `decide` fits the decision weights on
+    every run's held-out predictions (or on `oof`, a HeldOut read from --oof) and returns the answers, or None for
+    argmax. `raw` collects each run's unadjusted probabilities (--keep_raw)."""
+
+    def __init__(self, calibrate=False, adapt_prior="none", decision="argmax", oof=None):
+        self.calibrate, self.adapt_prior, self.decision, self.oof = calibrate, adapt_prior, decision, oof
+        self.held_out, self.raw = [], []
+
+    @property
+    def active(self):
+        return self.calibrate or self.adapt_prior != "none" or self.decision != "argmax"
+
+    def adjust(self, name, scheme, head, probabilities, held_out, trained_under):
+        self.raw.append(torch.as_tensor(probabilities))
+        if not self.active:
+            return probabilities
+        adjusted, done, missing = as_float64(probabilities), [], []
+        valid = None if isinstance(held_out, str) else HeldOut(*held_out)
+        if self.calibrate and valid is None:
+            missing.append(f"not calibrated ({held_out})")
+        elif self.calibrate:
+            tasks = head_scheme(scheme, head)
+            temperatures = fit_temperatures(valid.probabilities, valid.labels, tasks)
+            before = log_likelihood_loss(valid.probabilities, valid.labels)
+            adjusted = apply_temperatures(adjusted, temperatures, tasks)
+            valid.probabilities = apply_temperatures(valid.probabilities, temperatures, tasks)
+            done.append(f"temperature {', '.join(f'{task} {t:.2f}' for task, t in zip(tasks.tasks, temperatures))} "
+                        f"(validation NLL {before:.3f} -> {log_likelihood_loss(valid.probabilities, valid.labels):.3f}"
+                        f" on {len(valid.labels)} photos)")
+        if self.adapt_prior != "none":
+            if trained_under is None:
+                missing.append("eval mix not adapted (no training prior recorded: a run saved before train.py "
+                               "recorded it)")
+            elif self.adapt_prior == "bbse" and valid is None:
+                missing.append(f"eval mix not adapted (BBSE needs the validation predictions: {held_out})")
+            else:
+                trained_under = posterior_prior(trained_under, scheme, head)
+                mixes = (em_mixes(adjusted, trained_under, scheme) if self.adapt_prior == "em" else
+                         bbse_mixes(valid.probabilities, valid.labels, adjusted, scheme))
+                ratio = prior_ratio(mixes, trained_under, scheme)
+                adjusted = reweight(adjusted, ratio)
+                if valid is not None:
+                    valid = HeldOut(reweight(valid.probabilities, ratio), valid.labels,
+                                    photo_weights(valid.labels, mixes, scheme))
+                done.append(f"eval mix by {self.adapt_prior.upper()}: {describe_mixes(mixes, scheme, trained_under)}")
+        if valid is not None:
+            self.held_out.append(valid)
+        elif self.decision != "argmax" and self.oof is None:
+            missing.append(f"no held-out predictions for the decision ({held_out})")
+        if done or missing:
+            print(f"{name}: " + "; ".join(done + missing))
+        return adjusted.to(torch.as_tensor(probabilities).dtype)
+
+    def raw_mean(self):
+        return torch.stack(self.raw).mean(dim=0)
+
+    def decide(self, probabilities, scheme):
+        """The answers of --decision for the mean adjusted probabilities, or None for their argmax."""
+        if self.decision == "argmax":
+            return None
+        sets = [self.oof] if self.oof is not None else self.held_out
+        if not sets:
+            print("decision: argmax (no held-out predictions to fit the macro-F1 weights on)")
+            return None
+        probabilities_ = torch.cat([part.probabilities for part in sets])
+        labels = np.concatenate([part.labels for part in sets])
+        weights = (None if all(part.weights is None for part in sets) else
+                   np.concatenate([np.ones(len(part.labels)) if part.weights is None else part.weights
+                                   for part in sets]))
+        log_weights = fit_decision_weights(probabilities_, labels, scheme, weights)
+        before = weighted_macro_f1(labels, probabilities_.argmax(dim=1).numpy(), scheme.num_classes, weights)
+        after = weighted_macro_f1(labels, decide(probabilities_, log_weights, scheme), scheme.num_classes, weights)
+        source = "--oof" if self.oof is not None else "validation"
+        print(f"decision for macro F1: weights {describe_weights(log_weights, scheme)} (fitted on {len(labels)} "
+              f"{source} photos{', weighted to the eval mix' if weights is not None else ''}: macro F1 "
+              f"{before:.3f} -> {after:.3f})")
+        return decide(probabilities, log_weights, scheme)
