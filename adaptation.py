@@ -302,7 +302,7 @@ class Adjuster:
         if self.adapt_prior != "none":
             if trained_under is None:
                 missing.append("eval mix not adapted (no training prior recorded: a run saved before train.py "
-                               "recorded it)")
+                               "recorded it, or an exported model away from its run)")
             elif self.adapt_prior == "bbse" and valid is None:
                 missing.append(f"eval mix not adapted (BBSE needs the validation predictions: {held_out})")
             else:

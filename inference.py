@@ -202,8 +202,6 @@ def load_run(run_dir, device, checkpoint="best", task="all", fold=None, threads=
 def run_held_out(run_dir, config, checkpoint="best"):
     """(validation probabilities, their true labels) of a run's best epoch, which its adjustments are fitted on, or
     a sentence saying why there are none. Runs saved before best.pth kept the targets get them from the folds CSV."""
-    if is_onnx(run_dir):
-        return "an exported model carries no validation predictions"
     if checkpoint != "best":
         return "only best.pth holds validation predictions"
     state = load_checkpoint(Path(run_dir) / "best.pth")
@@ -222,12 +220,30 @@ def run_held_out(run_dir, config, checkpoint="best"):
     return probabilities, labels
 
 
-def adjust_run(adjuster, run_dir, config, probabilities, checkpoint="best"):
-    """One run's probabilities adjusted by the Adjuster (None: as predicted)."""
+def fitted_run(source, config):
+    """(run directory, its config) whose validation predictions and training prior adjust the predictions of
+    `source`: the run itself, or for an exported model the run directory it was exported into (beside it, of the
+    same model, classes, fold and size); (None, config) when there is none."""
+    if not is_onnx(source):
+        return source, config
+    run_dir = Path(source).parent
+    if not (run_dir / "config.json").is_file():
+        return None, config
+    run_config = read_json(run_dir / "config.json")
+    same = (all(run_config.get(key) == config.get(key) for key in ("model", "task", "fold", "resize"))
+            and run_scheme(run_config) == run_scheme(config))
+    return (run_dir, run_config) if same else (None, config)
+
+
+def adjust_run(adjuster, source, config, probabilities, checkpoint="best"):
+    """One run's (or exported model's) probabilities adjusted by the Adjuster (None: as predicted)."""
     if adjuster is None:
         return probabilities
-    held_out = run_held_out(run_dir, config, checkpoint) if adjuster.active else "not needed"
-    return adjuster.adjust(str(run_dir), run_scheme(config), config["head"], probabilities, held_out,
+    run_dir, config = fitted_run(source, config)
+    held_out = ("not needed" if not adjuster.active
+                else run_held_out(run_dir, config, "best" if is_onnx(source) else checkpoint) if run_dir
+                else "an exported model carries no validation predictions, and no run directory is beside it")
+    return adjuster.adjust(str(source), run_scheme(config), config["head"], probabilities, held_out,
                            config.get("training_prior"))
 
 

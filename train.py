@@ -416,7 +416,7 @@ def save_epoch(run_dir, args, training, progress, metrics, probabilities, improv
              "config": vars(args)}
     if improved:
         save_checkpoint({**state, "valid_probabilities": probabilities,
-                         "valid_targets": torch.as_tensor(training.valid_loader.dataset.targets)}, run_dir / "best.pth")
+                         "valid_targets": torch.tensor(training.valid_loader.dataset.targets)}, run_dir / "best.pth")
     save_checkpoint({**state, "optimizer": training.optimizer.state_dict(),
                      "scheduler": training.scheduler.state_dict(), "scaler": training.scaler.state_dict(),
                      "progress": progress,
