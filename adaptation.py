@@ -6,31 +6,40 @@ calibration (`expected_calibration_error`, `calibration_bins`), train.py records
 (`training_mix`). The rest are pure functions of probability arrays (N, C), torch or numpy, computed in float64.
 
 Everything acts per task of the run's LabelScheme and is composed back with `scheme.compose`, as the multi head
-composes its task softmaxes:
+composes its task softmaxes (docs/adaptation.md has the measurements behind each choice):
 
 - **temperature** (Guo et al. 2017, "On calibration of modern neural networks"): a distribution raised to 1/T and
   renormalised, softmax(log p / T), which is dividing its logits by T. A multi head gets one T per task (applied to
   `scheme.marginals`, which are its task softmaxes), a single head one T over its classes; each T minimises the
   validation fold's negative log-likelihood. Every task keeps its most probable class, and so does the product.
-- **prior** (label shift: the eval set has another class mix q(y) than the mix p(y) the model was trained under, the
+- **class biases**: log p + b per task, b fitted by the same likelihood on the validation fold. A model trained on
+  a few hundred people leans towards some classes on people it never saw (here: women, and away from 60+) more
+  than its training prior explains; the biases measure that lean. The temperature then the biases are Alexandari
+  et al.'s bias-corrected calibration ("Maximum likelihood with bias-corrected calibration is hard-to-beat at label
+  shift adaptation", 2020): its posteriors answer to the validation fold's class mix.
+- **prior** (label shift: the eval set has another class mix q(y) than the mix p(y) the posteriors answer to, the
   photos of one class look the same): posteriors re-weighted by q(y) / p(y) and renormalised. q is the product of
   one mix per task (the eval set's share of masks, of men, of each age band), estimated from the predictions
   without labels: by EM (Saerens, Latinne & Decaestecker 2002, "Adjusting the outputs of a classifier to new a
   priori probabilities"), which alternates re-weighting the posteriors and averaging them into the next q, or by
   BBSE (Lipton, Wang & Smola 2018, "Detecting and correcting for label shift with black box predictors"), which
   solves C w = mu: C the validation fold's joint of (soft) predicted and true class, mu the eval set's mean
-  prediction, q = w * the validation mix. p is what train.py's sampler drew (`training_mix`): with the weighted
-  sampler nearly uniform, not the folders' mix.
-- **decision**: argmax maximises accuracy, not macro F1. The answer is argmax_k W_k p_k, W the product of one
-  weight per class of each task, fitted by coordinate ascent to maximise the macro F1 of held-out predictions
-  (each photo weighted to stand for the eval mix when the prior was adapted); it starts from W = 1 and takes only
-  changes that raise that F1, so the held-out F1 never drops.
+  prediction, q = w * the validation mix. Both start from the bias-corrected posteriors and the validation fold's
+  mix: on the raw ones EM runs to a corner (it estimated 0% men on a set of 58%). A run without validation
+  predictions is adapted by EM from its raw posteriors and `training_mix`, the mix its sampler drew.
+- **decision**: argmax maximises accuracy, not macro F1, which weighs every class alike. `--decision f1` answers
+  argmax_k W_k p_k with W_k = exp(b_k) / (the held-out share of k): the class biases of the held-out predictions
+  and their mix divided out, i.e. the Bayes answer if every class were equally likely, free of the model's lean
+  (balanced accuracy's optimum, macro F1's proxy). W is the product of one weight per class of each task, fitted
+  by likelihood rather than by searching the F1 of a hundred-odd photos, which overfits; weights that would lower
+  the held-out macro F1 are not used.
 """
 import math
 
 import numpy as np
 import torch
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
+from sklearn.metrics import f1_score
 
 from dataset import LabelScheme
 
@@ -38,10 +47,8 @@ PRIOR_METHODS = ("em", "bbse", "none")
 DECISIONS = ("f1", "argmax")
 ECE_BINS = 15                       # Guo et al.'s expected calibration error
 TEMPERATURES = (0.05, 20.0)         # the range searched
-PRIOR_FLOOR = 1e-3                  # no class's estimated share falls below this: re-weighting never erases a class
+PRIOR_FLOOR = 1e-3                  # no class's share falls below this: re-weighting never erases a class
 EM_STEPS, EM_TOLERANCE = 1000, 1e-8
-DECISION_LOG_WEIGHTS = np.linspace(-2.0, 2.0, 17)  # weights e^-2 (0.14) to e^2 (7.4) tried for each class
-DECISION_PASSES = 3
 TINY = torch.finfo(torch.float64).tiny
 
 
@@ -90,6 +97,40 @@ def apply_temperatures(probabilities, temperatures, scheme):
     """Each task's distribution at its temperature, composed back into class probabilities."""
     return scheme.compose(*(with_temperature(task, temperature) for task, temperature in
                             zip(scheme.marginals(as_float64(probabilities)), temperatures)))
+
+
+def fit_biases(probabilities, labels):
+    """The log biases b (K,), b[0] = 0, that minimise the negative log-likelihood of softmax(log p + b)."""
+    log_probabilities = as_float64(probabilities).clamp_min(TINY).log().numpy()
+    onehot = np.eye(log_probabilities.shape[1])[np.asarray(labels)]
+
+    def loss_and_gradient(free):
+        logits = log_probabilities + np.concatenate([[0.0], free])
+        logits -= logits.max(axis=1, keepdims=True)
+        softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        loss = -(np.log(np.maximum(softmax, TINY)) * onehot).sum(axis=1).mean()
+        return loss, (softmax - onehot).mean(axis=0)[1:]
+
+    found = minimize(loss_and_gradient, np.zeros(log_probabilities.shape[1] - 1), jac=True, method="L-BFGS-B",
+                     bounds=[(-10, 10)] * (log_probabilities.shape[1] - 1))
+    return np.concatenate([[0.0], found.x])
+
+
+def task_biases(probabilities, labels, scheme):
+    """One (size,) array of log biases per task of `scheme`, each fitted on that task's marginals."""
+    return [fit_biases(task, task_labels) for task, task_labels in
+            zip(scheme.marginals(as_float64(probabilities)), scheme.decode(np.asarray(labels)))]
+
+
+def class_weights(task_log_weights, scheme):
+    """Per-class weights W (C,): the product of each task's weights, given as logs."""
+    return scheme.compose(*(torch.as_tensor(np.exp(weights))[None] for weights in task_log_weights))[0]
+
+
+def held_out_mixes(labels, scheme):
+    """The class mix of each task among held-out labels."""
+    return [torch.as_tensor(np.bincount(task_labels, minlength=size) / len(task_labels))
+            for task_labels, size in zip(scheme.decode(np.asarray(labels)), scheme.sizes)]
 
 
 def task_mixes(prior, scheme):
@@ -157,59 +198,21 @@ def bbse_mixes(valid_probabilities, valid_labels, probabilities, scheme):
                 scheme.marginals(as_float64(probabilities)))]
 
 
-def photo_weights(labels, eval_mixes, scheme):
-    """A weight per held-out photo, prod over tasks of q_task(its class) / the held-out share of its class, so that
-    the held-out photos stand for a set of the eval mixes."""
-    weights = np.ones(len(labels))
-    for task_labels, mix, size in zip(scheme.decode(np.asarray(labels)), eval_mixes, scheme.sizes):
-        shares = np.bincount(task_labels, minlength=size) / len(labels)
-        weights *= mix.numpy()[task_labels] / shares[task_labels]
-    return weights
-
-
-def weighted_macro_f1(labels, predicted, num_classes, weights=None):
-    """Macro F1 over all `num_classes` classes (a class never predicted nor present counts 0), each photo counted
-    with its weight."""
-    labels, predicted = np.asarray(labels), np.asarray(predicted)
-    weights = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=float)
-    true_positive = np.bincount(labels[labels == predicted], weights[labels == predicted], minlength=num_classes)
-    actual, chosen = (np.bincount(values, weights, minlength=num_classes) for values in (labels, predicted))
-    denominator = actual + chosen
-    return float(np.divide(2 * true_positive, denominator, out=np.zeros(num_classes), where=denominator > 0).mean())
-
-
-def class_weights(task_log_weights, scheme):
-    """The per-class decision weights W (C,): the product of each task's weights."""
-    return scheme.compose(*(torch.as_tensor(np.exp(weights))[None] for weights in task_log_weights))[0]
+def macro_f1(labels, predicted, num_classes):
+    """Macro F1 over all `num_classes` classes, a class never predicted nor present counting 0 (evaluation.py's)."""
+    return float(f1_score(labels, predicted, labels=np.arange(num_classes), average="macro", zero_division=0))
 
 
 def decide(probabilities, task_log_weights, scheme):
-    """The answers argmax_k W_k p_k."""
+    """The answers argmax_k W_k p_k, W of per-task log weights."""
     return (as_float64(probabilities) * class_weights(task_log_weights, scheme)).argmax(dim=1).numpy()
 
 
-def fit_decision_weights(probabilities, labels, scheme, weights=None):
-    """Per-task log weights (one (size,) array per task of `scheme`) that raise the held-out macro F1 of
-    `decide`: coordinate ascent over DECISION_LOG_WEIGHTS, taking only strict improvements."""
-    probabilities, labels = as_float64(probabilities), np.asarray(labels)
-    log_weights = [np.zeros(size) for size in scheme.sizes]
-
-    def f1_of(candidate):
-        return weighted_macro_f1(labels, decide(probabilities, candidate, scheme), scheme.num_classes, weights)
-
-    best = f1_of(log_weights)
-    for _ in range(DECISION_PASSES):
-        improved = False
-        for task, size in enumerate(scheme.sizes):
-            for k in range(size if size > 1 else 0):
-                for value in DECISION_LOG_WEIGHTS:
-                    candidate = [weights_.copy() for weights_ in log_weights]
-                    candidate[task][k] = value
-                    if (f1 := f1_of(candidate)) > best + 1e-12:
-                        best, log_weights, improved = f1, candidate, True
-        if not improved:
-            break
-    return log_weights
+def balanced_weights(probabilities, labels, scheme):
+    """The per-task log weights of `--decision f1`: each task's log biases on the held-out predictions less the
+    log of its held-out mix (floored), so that W p answers as if every class were equally likely."""
+    return [bias - np.log(np.maximum(mix.numpy(), PRIOR_FLOOR)) for bias, mix in
+            zip(task_biases(probabilities, labels, scheme), held_out_mixes(labels, scheme))]
 
 
 def calibration_bins(probabilities, labels, bins=ECE_BINS):
@@ -244,31 +247,31 @@ def percentages(mix):
     return "/".join(f"{100 * share:.0f}" for share in mix)
 
 
-def describe_mixes(mixes, scheme, trained_under):
-    """'wear 71% incorrect 14% ... (trained under 33/33/33, ...)' of task mixes."""
+def describe_mixes(mixes, scheme, reference, reference_name):
+    """'wear 71% incorrect 14% ..., male 55% ... (validation fold 71/14/14, ...)' of task mixes."""
     shares = ", ".join(" ".join(f"{name} {100 * share:.0f}%" for name, share in zip(names, mix))
                        for names, mix in zip(scheme.tasks.values(), mixes))
-    return f"{shares} (trained under {', '.join(percentages(mix) for mix in task_mixes(trained_under, scheme))})"
+    return f"{shares} ({reference_name} {', '.join(percentages(mix) for mix in task_mixes(reference, scheme))})"
 
 
 def describe_weights(task_log_weights, scheme):
-    changed = [f"{name} {math.exp(value):.2f}" for names, weights in zip(scheme.tasks.values(), task_log_weights)
-               for name, value in zip(names, weights) if value != 0]
-    return ", ".join(changed) or "all 1 (argmax was best)"
+    """'wear 1.40 incorrect 0.95 ..., male 1.15 female 0.87, ...': each task's weights, their geometric mean 1."""
+    return ", ".join(" ".join(f"{name} {math.exp(value - weights.mean()):.2f}" for name, value in zip(names, weights))
+                     for names, weights in zip(scheme.tasks.values(), task_log_weights))
 
 
 class HeldOut:
-    """Held-out predictions (N, C) as adjusted, their labels, and a weight per photo (None: 1 each)."""
+    """Held-out predictions (N, C), as adjusted, and their labels."""
 
-    def __init__(self, probabilities, labels, weights=None):
-        self.probabilities, self.labels, self.weights = as_float64(probabilities), np.asarray(labels), weights
+    def __init__(self, probabilities, labels):
+        self.probabilities, self.labels = as_float64(probabilities), np.asarray(labels)
 
 
 class Adjuster:
     """Adjusts each run's eval probabilities as the flags ask, and then decides the answers of their mean.
 
-    `adjust` takes one run's eval probabilities with what it was fitted on: its held-out predictions and their
-    labels (or a sentence saying why there are none), the prior it was trained under (or None) and its head; it
+    `adjust` takes one run's eval probabilities with what they are fitted on: its held-out predictions and their
+    labels (or a sentence saying why there are none), the prior it was trained under (or None) and its head. It
     calibrates, adapts the prior, prints one line of what it did and could not do, keeps the held-out predictions
     adjusted alike for the decision, and returns the adjusted probabilities. `decide` fits the decision weights on
     every run's held-out predictions (or on `oof`, a HeldOut read from --oof) and returns the answers, or None for
@@ -282,39 +285,18 @@ class Adjuster:
     def active(self):
         return self.calibrate or self.adapt_prior != "none" or self.decision != "argmax"
 
-    def adjust(self, name, scheme, head, probabilities, held_out, trained_under):
+    def adjust(self, name, scheme, head, probabilities, held_out, training_prior):
         self.raw.append(torch.as_tensor(probabilities))
         if not self.active:
             return probabilities
         adjusted, done, missing = as_float64(probabilities), [], []
         valid = None if isinstance(held_out, str) else HeldOut(*held_out)
-        if self.calibrate and valid is None:
+        if valid is None and (self.calibrate or self.adapt_prior == "bbse"):
             missing.append(f"not calibrated ({held_out})")
-        elif self.calibrate:
-            tasks = head_scheme(scheme, head)
-            temperatures = fit_temperatures(valid.probabilities, valid.labels, tasks)
-            before = log_likelihood_loss(valid.probabilities, valid.labels)
-            adjusted = apply_temperatures(adjusted, temperatures, tasks)
-            valid.probabilities = apply_temperatures(valid.probabilities, temperatures, tasks)
-            done.append(f"temperature {', '.join(f'{task} {t:.2f}' for task, t in zip(tasks.tasks, temperatures))} "
-                        f"(validation NLL {before:.3f} -> {log_likelihood_loss(valid.probabilities, valid.labels):.3f}"
-                        f" on {len(valid.labels)} photos)")
+        if valid is not None and (self.calibrate or self.adapt_prior != "none"):  # EM and BBSE want calibration
+            adjusted = self.apply_temperatures(scheme, head, adjusted, valid, done)
         if self.adapt_prior != "none":
-            if trained_under is None:
-                missing.append("eval mix not adapted (no training prior recorded: a run saved before train.py "
-                               "recorded it, or an exported model away from its run)")
-            elif self.adapt_prior == "bbse" and valid is None:
-                missing.append(f"eval mix not adapted (BBSE needs the validation predictions: {held_out})")
-            else:
-                trained_under = posterior_prior(trained_under, scheme, head)
-                mixes = (em_mixes(adjusted, trained_under, scheme) if self.adapt_prior == "em" else
-                         bbse_mixes(valid.probabilities, valid.labels, adjusted, scheme))
-                ratio = prior_ratio(mixes, trained_under, scheme)
-                adjusted = reweight(adjusted, ratio)
-                if valid is not None:
-                    valid = HeldOut(reweight(valid.probabilities, ratio), valid.labels,
-                                    photo_weights(valid.labels, mixes, scheme))
-                done.append(f"eval mix by {self.adapt_prior.upper()}: {describe_mixes(mixes, scheme, trained_under)}")
+            adjusted = self.adapt(scheme, head, adjusted, valid, training_prior, done, missing)
         if valid is not None:
             self.held_out.append(valid)
         elif self.decision != "argmax" and self.oof is None:
@@ -322,6 +304,42 @@ class Adjuster:
         if done or missing:
             print(f"{name}: " + "; ".join(done + missing))
         return adjusted.to(torch.as_tensor(probabilities).dtype)
+
+    @staticmethod
+    def apply_temperatures(scheme, head, adjusted, valid, done):
+        """The temperatures of the head's tasks, fitted on the held-out predictions and applied to both."""
+        tasks = head_scheme(scheme, head)
+        temperatures = fit_temperatures(valid.probabilities, valid.labels, tasks)
+        before = log_likelihood_loss(valid.probabilities, valid.labels)
+        valid.probabilities = apply_temperatures(valid.probabilities, temperatures, tasks)
+        done.append(f"temperature {', '.join(f'{task} {t:.2f}' for task, t in zip(tasks.tasks, temperatures))} "
+                    f"(validation NLL {before:.3f} -> {log_likelihood_loss(valid.probabilities, valid.labels):.3f} "
+                    f"on {len(valid.labels)} photos)")
+        return apply_temperatures(adjusted, temperatures, tasks)
+
+    def adapt(self, scheme, head, adjusted, valid, training_prior, done, missing):
+        """The probabilities re-weighted to the eval mix of --adapt_prior (the held-out ones alike)."""
+        method = self.adapt_prior.upper()
+        if valid is not None:  # bias-corrected: the posteriors answer to the validation fold's mix
+            correction = class_weights(task_biases(valid.probabilities, valid.labels, scheme), scheme)
+            adjusted, valid.probabilities = reweight(adjusted, correction), reweight(valid.probabilities, correction)
+            answers_to = scheme.compose(*(mix[None] for mix in held_out_mixes(valid.labels, scheme)))[0]
+            reference = "validation fold"
+        elif self.adapt_prior == "bbse" or training_prior is None:
+            missing.append("eval mix not adapted (" + ("BBSE needs validation predictions"
+                                                       if self.adapt_prior == "bbse" else
+                                                       "no training prior recorded: a run saved before train.py "
+                                                       "recorded it, or an exported model away from its run") + ")")
+            return adjusted
+        else:
+            answers_to, reference = posterior_prior(training_prior, scheme, head), "trained under"
+        mixes = (em_mixes(adjusted, answers_to, scheme) if self.adapt_prior == "em" else
+                 bbse_mixes(valid.probabilities, valid.labels, adjusted, scheme))
+        ratio = prior_ratio(mixes, answers_to, scheme)
+        if valid is not None:
+            valid.probabilities = reweight(valid.probabilities, ratio)
+        done.append(f"eval mix by {method}: {describe_mixes(mixes, scheme, answers_to, reference)}")
+        return reweight(adjusted, ratio)
 
     def raw_mean(self):
         return torch.stack(self.raw).mean(dim=0)
@@ -334,16 +352,16 @@ class Adjuster:
         if not sets:
             print("decision: argmax (no held-out predictions to fit the macro-F1 weights on)")
             return None
-        probabilities_ = torch.cat([part.probabilities for part in sets])
+        held_out = torch.cat([part.probabilities for part in sets])
         labels = np.concatenate([part.labels for part in sets])
-        weights = (None if all(part.weights is None for part in sets) else
-                   np.concatenate([np.ones(len(part.labels)) if part.weights is None else part.weights
-                                   for part in sets]))
-        log_weights = fit_decision_weights(probabilities_, labels, scheme, weights)
-        before = weighted_macro_f1(labels, probabilities_.argmax(dim=1).numpy(), scheme.num_classes, weights)
-        after = weighted_macro_f1(labels, decide(probabilities_, log_weights, scheme), scheme.num_classes, weights)
-        source = "--oof" if self.oof is not None else "validation"
-        print(f"decision for macro F1: weights {describe_weights(log_weights, scheme)} (fitted on {len(labels)} "
-              f"{source} photos{', weighted to the eval mix' if weights is not None else ''}: macro F1 "
+        log_weights = balanced_weights(held_out, labels, scheme)
+        before = macro_f1(labels, held_out.argmax(dim=1).numpy(), scheme.num_classes)
+        after = macro_f1(labels, decide(held_out, log_weights, scheme), scheme.num_classes)
+        fitted = f"{len(labels)} {'--oof' if self.oof is not None else 'validation'} photos"
+        if after < before:
+            print(f"decision for macro F1: argmax kept (the balanced weights fitted on {fitted} would lower their "
+                  f"macro F1 {before:.3f} -> {after:.3f})")
+            return None
+        print(f"decision for macro F1: weights {describe_weights(log_weights, scheme)} (fitted on {fitted}: macro F1 "
               f"{before:.3f} -> {after:.3f})")
         return decide(probabilities, log_weights, scheme)

@@ -94,10 +94,11 @@ def add_common_flags(parser, fold_all=False):
                  help="one temperature per task of each run, fitted on its validation fold")
     cli.add_flag(adjust, "adapt_prior", default="none", choices=PRIOR_METHODS,
                  help="re-weight each run's probabilities to the eval set's class mix, estimated without labels by "
-                      "EM or BBSE, from the mix the run was trained under; none: keep the training mix")
+                      "EM or BBSE from its bias-corrected calibrated posteriors; none: keep the mix they answer to")
     cli.add_flag(adjust, "decision", default="argmax", choices=DECISIONS,
-                 help="f1: answers by per-class weights that maximise the macro F1 of held-out predictions (the "
-                      "runs' validation folds, or --oof); argmax: the most probable class")
+                 help="f1: answer as if every class were equally likely, by per-class weights fitted on held-out "
+                      "predictions (the runs' validation folds, or --oof): for macro F1; argmax: the most probable "
+                      "class, for accuracy")
     cli.add_flag(adjust, "oof", default=None, metavar="FILE",
                  help="held-out predictions for --decision f1, used as written: an oof.csv, or a probabilities.csv "
                       "of --fold K (labels from the folds CSV)")
