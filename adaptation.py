@@ -31,8 +31,10 @@ composes its task softmaxes (docs/adaptation.md has the measurements behind each
   argmax_k W_k p_k with W_k = exp(b_k) / (the held-out share of k): the class biases of the held-out predictions
   and their mix divided out, i.e. the Bayes answer if every class were equally likely, free of the model's lean
   (balanced accuracy's optimum, macro F1's proxy). W is the product of one weight per class of each task, fitted
-  by likelihood rather than by searching the F1 of a hundred-odd photos, which overfits; weights that would lower
-  the held-out macro F1 are not used.
+  by likelihood rather than by searching the F1 of a hundred-odd photos, which overfits; where they would lower
+  the held-out macro F1 they are shrunk towards argmax (3/4, 1/2, 1/4 of their logs) until they do not, and
+  dropped if none holds. The answers start from the calibrated probabilities before any prior re-weighting: they
+  do not depend on the eval mix, which only the probabilities (confidences, ensembles) follow.
 """
 import math
 
@@ -49,6 +51,7 @@ ECE_BINS = 15                       # Guo et al.'s expected calibration error
 TEMPERATURES = (0.05, 20.0)         # the range searched
 PRIOR_FLOOR = 1e-3                  # no class's share falls below this: re-weighting never erases a class
 EM_STEPS, EM_TOLERANCE = 1000, 1e-8
+DECISION_SHARES = (1.0, 0.75, 0.5, 0.25)  # of the balanced log weights tried, until the held-out macro F1 holds
 TINY = torch.finfo(torch.float64).tiny
 
 
@@ -272,14 +275,15 @@ class Adjuster:
 
     `adjust` takes one run's eval probabilities with what they are fitted on: its held-out predictions and their
     labels (or a sentence saying why there are none), the prior it was trained under (or None) and its head. It
-    calibrates, adapts the prior, prints one line of what it did and could not do, keeps the held-out predictions
-    adjusted alike for the decision, and returns the adjusted probabilities. `decide` fits the decision weights on
-    every run's held-out predictions (or on `oof`, a HeldOut read from --oof) and returns the answers, or None for
-    argmax. `raw` collects each run's unadjusted probabilities (--keep_raw)."""
+    calibrates, adapts the prior, prints one line of what it did and could not do, and returns the adjusted
+    probabilities; it keeps the calibrated eval and held-out probabilities before the prior's re-weighting, which
+    the decision starts from (it answers as if every class were equally likely, whatever the eval mix). `decide`
+    fits the decision weights on every run's held-out predictions (or on `oof`, a HeldOut read from --oof) and
+    returns the answers, or None for argmax. `raw` collects each run's unadjusted probabilities (--keep_raw)."""
 
     def __init__(self, calibrate=False, adapt_prior="none", decision="argmax", oof=None):
         self.calibrate, self.adapt_prior, self.decision, self.oof = calibrate, adapt_prior, decision, oof
-        self.held_out, self.raw = [], []
+        self.held_out, self.raw, self.calibrated = [], [], []
 
     @property
     def active(self):
@@ -295,11 +299,12 @@ class Adjuster:
             missing.append(f"not calibrated ({held_out})")
         if valid is not None and (self.calibrate or self.adapt_prior != "none"):  # EM and BBSE want calibration
             adjusted = self.apply_temperatures(scheme, head, adjusted, valid, done)
+        self.calibrated.append(adjusted)
+        if valid is not None:
+            self.held_out.append(HeldOut(valid.probabilities, valid.labels))
         if self.adapt_prior != "none":
             adjusted = self.adapt(scheme, head, adjusted, valid, training_prior, done, missing)
-        if valid is not None:
-            self.held_out.append(valid)
-        elif self.decision != "argmax" and self.oof is None:
+        if valid is None and self.decision != "argmax" and self.oof is None:
             missing.append(f"no held-out predictions for the decision ({held_out})")
         if done or missing:
             print(f"{name}: " + "; ".join(done + missing))
@@ -344,24 +349,31 @@ class Adjuster:
     def raw_mean(self):
         return torch.stack(self.raw).mean(dim=0)
 
-    def decide(self, probabilities, scheme):
-        """The answers of --decision for the mean adjusted probabilities, or None for their argmax."""
+    def decide(self, scheme, probabilities=None):
+        """The answers of --decision for `probabilities` (by default the runs' mean calibrated probabilities), or
+        None for the argmax."""
         if self.decision == "argmax":
             return None
+        if probabilities is None:
+            probabilities = torch.stack(self.calibrated).mean(dim=0)
         sets = [self.oof] if self.oof is not None else self.held_out
         if not sets:
             print("decision: argmax (no held-out predictions to fit the macro-F1 weights on)")
             return None
         held_out = torch.cat([part.probabilities for part in sets])
         labels = np.concatenate([part.labels for part in sets])
-        log_weights = balanced_weights(held_out, labels, scheme)
+        balanced = balanced_weights(held_out, labels, scheme)
         before = macro_f1(labels, held_out.argmax(dim=1).numpy(), scheme.num_classes)
-        after = macro_f1(labels, decide(held_out, log_weights, scheme), scheme.num_classes)
         fitted = f"{len(labels)} {'--oof' if self.oof is not None else 'validation'} photos"
-        if after < before:
+        for share in DECISION_SHARES:  # the balanced weights, shrunk towards argmax until the held-out F1 holds
+            log_weights = [share * weights for weights in balanced]
+            if (after := macro_f1(labels, decide(held_out, log_weights, scheme), scheme.num_classes)) >= before:
+                break
+        else:
             print(f"decision for macro F1: argmax kept (the balanced weights fitted on {fitted} would lower their "
-                  f"macro F1 {before:.3f} -> {after:.3f})")
+                  f"macro F1 {before:.3f})")
             return None
-        print(f"decision for macro F1: weights {describe_weights(log_weights, scheme)} (fitted on {fitted}: macro F1 "
-              f"{before:.3f} -> {after:.3f})")
+        shrunk = "" if share == 1 else f", {share:.0%} of the balanced ones in log"
+        print(f"decision for macro F1: weights {describe_weights(log_weights, scheme)} (fitted on {fitted}{shrunk}: "
+              f"macro F1 {before:.3f} -> {after:.3f})")
         return decide(probabilities, log_weights, scheme)

@@ -186,7 +186,7 @@ def main(argv=None):
     files = [probability_file(source, args.fold) for source in args.inputs]
     info, paths, labels, reference_name = read_rows(args, predicts=None in files or bool(args.mask))
     reference = None if info is None else info["ImageID"].tolist()
-    aligned, raw = [], []
+    aligned, raw, as_written = [], [], []
     for source, file in zip(args.inputs, files):
         if file is None:
             runs = find_runs([source])
@@ -196,8 +196,7 @@ def main(argv=None):
         else:
             name, (image_ids, probabilities) = str(file), read_probabilities(file)
             unadjusted = probabilities
-            if args.calibrate or args.adapt_prior != "none":
-                print(f"{name}: taken as written (--calibrate and --adapt_prior adjust runs predicted here)")
+            as_written.append(name)
         classes = COMPETITION.num_classes if args.mask or not aligned else aligned[0].shape[1]
         if probabilities.shape[1] != classes:
             raise cli.UserError(f"{name} holds {probabilities.shape[1]} classes, not {classes}: every input must "
@@ -206,6 +205,9 @@ def main(argv=None):
             reference, reference_name = image_ids, name
         aligned.append(align(image_ids, probabilities, reference, name, reference_name))
         raw.append(align(image_ids, unadjusted, reference, name, reference_name))
+    if as_written and (args.calibrate or args.adapt_prior != "none"):
+        print(f"{', '.join(as_written)}: taken as written (--calibrate and --adapt_prior adjust the runs predicted "
+              "here)")
     if args.mask:
         for kept, probabilities in zip((aligned, raw), predict_composition(args, paths, device, adjuster)):
             kept.append(probabilities)
@@ -217,7 +219,7 @@ def main(argv=None):
     else:
         scheme = combination_scheme(args, vote.shape[1])
         adjuster.oof = read_oof(args, scheme) if args.decision == "f1" else None
-        answers = adjuster.decide(vote, scheme)
+        answers = adjuster.decide(scheme, vote)
     answers = write_submission(info, vote, args.output_dir, answers)
     if args.keep_raw:
         write_probabilities(info["ImageID"], soft_vote(torch.stack(raw), weights),

@@ -122,7 +122,7 @@ def test_the_f1_decision_never_lowers_the_held_out_macro_f1(seed, capsys):
     mixes = [np.random.default_rng(seed).dirichlet(np.ones(size)) for size in scheme.sizes]
     probabilities, labels = simulate(scheme, mixes, 120, seed=seed, separation=1.2)
     adjuster = Adjuster(decision="f1", oof=HeldOut(probabilities, labels))
-    answers = adjuster.decide(probabilities, scheme)
+    answers = adjuster.decide(scheme, probabilities)
     argmax = probabilities.argmax(dim=1).numpy()
     decided = argmax if answers is None else answers
     assert macro_f1(labels, decided, scheme.num_classes) >= macro_f1(labels, argmax, scheme.num_classes)
@@ -159,7 +159,7 @@ def test_every_path_keeps_probabilities_finite_and_rows_summing_to_one(scheme, h
     adjuster = Adjuster(calibrate=True, adapt_prior=method, decision="f1")
     adjusted = adjuster.adjust("run", scheme, head, probabilities.float(), (probabilities[:30], labels[:30]),
                                training_prior.tolist())
-    answers = adjuster.decide(adjusted, scheme)
+    answers = adjuster.decide(scheme)
     assert adjusted.dtype == torch.float32 and torch.isfinite(adjusted).all()
     assert torch.allclose(adjusted.sum(dim=1), torch.ones(len(adjusted)), atol=1e-5)
     assert answers.shape == (60,) and answers.min() >= 0 and answers.max() < scheme.num_classes
