@@ -20,8 +20,8 @@ classes, and a per-class table of precision, recall, F1 and support; its paths m
 `--report DIR` also writes reports.py's pictures: the confusion matrices (18 classes and per task), the
 per-class scores and, from the probabilities.csv beside the submission (the confidence of each answer), the
 reliability diagram reliability.png, mistakes.csv, every wrong answer most confident first, and mistakes.png, the
-most confident ones among the
-eval photos (`--images`). Without probabilities.csv, or without the photos, that part is skipped and said so.
+most confident ones among the eval photos (`--images`). Without probabilities.csv, or without the photos, that
+part is skipped and said so.
 """
 import json
 import sys

@@ -446,8 +446,8 @@ def predict_runs(run_dirs, paths, args, device, task="all", predict_one=predict_
 
 
 def predict_adjusted(runs, paths, args, device, scheme, predict_one=predict_run):
-    """(the runs' mean adjusted probabilities, the answers of --decision or None for their argmax); with
-    --keep_raw the unadjusted mean goes to probabilities_raw.csv."""
+    """(the runs' mean adjusted probabilities, the answers of --decision or None for their argmax, the runs' mean
+    unadjusted probabilities)."""
     adjuster = make_adjuster(args, scheme)
     probabilities = predict_runs(runs, paths, args, device, predict_one=predict_one, adjuster=adjuster)
     return probabilities, adjuster.decide(scheme), adjuster.raw_mean()

@@ -149,15 +149,15 @@ def mistakes_figure(mistakes, photos):
 
 
 def reliability_figure(true, probabilities, bins=ECE_BINS):
-    """The reliability diagram: each confidence bin's accuracy against the diagonal of perfect calibration, the gap
-    shaded, and below it how many photos fall in each bin; the ECE in the title."""
+    """The reliability diagram: each confidence bin's accuracy (bars) and mean confidence (red marks) against the
+    diagonal of perfect calibration, and below it how many photos fall in each bin; the ECE in the title."""
     counts, confidence, accuracy = calibration_bins(probabilities, true, bins)
     edges = np.linspace(0, 1, bins + 1)
     centres, width, filled = (edges[:-1] + edges[1:]) / 2, 1 / bins, counts > 0
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(centres[filled], accuracy[filled], width, edgecolor="black", label="accuracy")
-    top.bar(centres[filled], confidence[filled] - accuracy[filled], width, bottom=accuracy[filled], color="tab:red",
-            alpha=0.3, edgecolor="tab:red", label="gap to confidence")
+    top.hlines(confidence[filled], edges[:-1][filled], edges[1:][filled], colors="tab:red", linewidth=3,
+               label="mean confidence")
     top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")

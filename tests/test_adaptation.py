@@ -194,6 +194,8 @@ def test_inference_adjusts_a_multi_head_run_and_keeps_the_raw_probabilities(samp
                        assert_distributions(tmp_path / "plain/probabilities.csv"))
     assert not torch.allclose(assert_distributions(tmp_path / "adjusted/probabilities.csv"),
                               assert_distributions(tmp_path / "plain/probabilities.csv"))
+    scores = run_script("evaluation.py", "--gt_dir", sample_data / "gt", "--output_dir", tmp_path / "adjusted")
+    assert scores.returncode == 0 and " ece 0." in scores.stdout.splitlines()[1]
     tta = run_inference("inference_tta.py", sample_data, trained_run, tmp_path / "tta", "--tta", "flip",
                         "--calibrate", "--adapt_prior", "bbse")
     assert "eval mix by BBSE" in tta.stdout
@@ -227,9 +229,14 @@ def test_a_run_saved_before_training_priors_still_predicts_and_says_what_it_cann
     save_checkpoint(state, old / "best.pth")
     result = run_inference("inference.py", sample_data, old, tmp_path / "out", *ADJUSTED)
     line = next(line for line in result.stdout.splitlines() if line.startswith(str(old)))
-    assert "temperature mask" in line  # its validation fold labelled from the folds CSV
-    assert "eval mix not adapted (no training prior recorded" in line
+    assert "temperature mask" in line and "eval mix by EM" in line  # its validation fold labelled from the folds CSV
     assert_distributions(tmp_path / "out/probabilities.csv")
+    (old / "config.json").write_text(json.dumps({**config, "csv": str(tmp_path / "moved.csv")}))
+    result = run_inference("inference.py", sample_data, old, tmp_path / "moved", *ADJUSTED)
+    line = next(line for line in result.stdout.splitlines() if line.startswith(str(old)))
+    assert "not calibrated (its folds CSV" in line and "eval mix not adapted (no training prior recorded" in line
+    assert "decision: argmax (no held-out predictions" in result.stdout
+    assert_distributions(tmp_path / "moved/probabilities.csv")
 
 
 def test_a_class_folder_run_is_adjusted_and_sorted_by_its_decision(tmp_path):
