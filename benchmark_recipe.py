@@ -7,6 +7,7 @@ held-out people: the face crop against none by default.
     python benchmark_recipe.py --data_dir data/real3 --resize 128 128 \
         --variant "scratch=--model torchvision:mobilenet_v2" \
         --variant "imagenet=--model torchvision:mobilenet_v2 --pretrained_path ~/.cache/maskcls/weights/mobilenet_v2.pth"
+    nice python benchmark_recipe.py --adaptation --out bench/adaptation   # inference's adjustments (adaptation.py)
 
 Without --data_dir it generates the sample set once (training people and a held-out eval set with more old people
 and more men, as the real one); with it, it takes DIR/train and DIR/eval, class folders of other people each, whose
@@ -17,6 +18,13 @@ size, epochs, data and folds), predicts the eval set with inference.py and score
 and spread (standard deviation over seeds) of the eval set's macro F1 (and mask F1, or accuracy) and of the
 validation fold's, then every run; results.json in --out keeps them all. A variant is `NAME=FLAGS`; flags given to
 train.py win over the shared ones.
+`--adaptation` measures inference's adjustments instead (adaptation.py): train.py's defaults (and the shared flags)
+with every seed, each run predicted by inference.py with every method of ADAPTATION_METHODS (argmax, calibrated,
++ EM, + BBSE, + the F1 decision) on two eval sets of `--eval_people`: one drawn with another mix than training
+(`--shifted_mix`: shares of 60+ and of men) and one drawn like training. Prints the macro F1 and the expected
+calibration error (15 bins) of each method on each set, mean and spread over seeds, then the share of answers
+that are 60+ and male. A data set or run already in --out is reused, so a second call re-measures the methods
+without training again.
 """
 import json
 import os
@@ -30,15 +38,26 @@ import numpy as np
 import pandas as pd
 
 import cli
-from dataset import folder_scheme
+from adaptation import expected_calibration_error
+from dataset import COMPETITION, folder_scheme
 from evaluation import read_truth, score
-from generate_sample import generate
+from generate_sample import MALE_SHARE, OLD_SHARE, generate
+from submissions import read_probabilities
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_VARIANTS = ["face crop=", "no crop=--crop none"]
 COLUMNS = {"competition": ("eval_f1", "eval_mask_f1", "eval_gender_f1", "eval_age_f1", "val_f1"),
            "folders": ("eval_f1", "eval_accuracy", "val_f1", "val_accuracy")}
 PERSON_OF_FILE = r"^(\d+)_"  # a class-folder set's file names start with the person
+ADAPTATION_METHODS = {  # inference.py's flags of each adjustment measured by --adaptation
+    "argmax": ["--no-calibrate", "--adapt_prior", "none", "--decision", "argmax"],
+    "calibrated": ["--calibrate", "--adapt_prior", "none", "--decision", "argmax"],
+    "calibrated + EM": ["--calibrate", "--adapt_prior", "em", "--decision", "argmax"],
+    "calibrated + BBSE": ["--calibrate", "--adapt_prior", "bbse", "--decision", "argmax"],
+    "calibrated + F1 decision": ["--calibrate", "--adapt_prior", "none", "--decision", "f1"],
+}  # the F1 decision answers from the calibrated probabilities whatever --adapt_prior: + EM + F1 answers as + F1
+EVAL_SETS = ("shifted", "like training")
+
 
 
 def get_args_parser():
@@ -51,6 +70,13 @@ def get_args_parser():
     cli.add_flag(data, "data_seed", type=cli.non_negative_int, default=0, help="seed of the generated people")
     cli.add_flag(data, "data_dir", default=None,
                  help="a set of class folders to use instead: DIR/train and DIR/eval, other people each")
+    adaptation = parser.add_argument_group("adaptation (instead of recipes)")
+    cli.add_flag(adaptation, "adaptation", action="store_true",
+                 help="measure inference's adjustments (calibration, prior adaptation, F1 decision) on a shifted "
+                      "eval set and one drawn like training")
+    cli.add_flag(adaptation, "shifted_mix", type=cli.fraction, nargs=2, default=[0.31, 0.65], metavar=("OLD", "MALE"),
+                 help=f"the shifted eval set's shares of people 60+ and of men (training: {OLD_SHARE['train']}, "
+                      f"{MALE_SHARE['train']})")
     runs = parser.add_argument_group("runs")
     cli.add_flag(runs, "variant", action="append", default=None, metavar="NAME=FLAGS",
                  help=f"a recipe: its name and train.py flags (repeatable; default: {DEFAULT_VARIANTS})")
@@ -159,6 +185,100 @@ def benchmark(work, args, variants):
     return rows
 
 
+def prepare_adaptation_data(work, args):
+    """The training set with the shifted eval set (work/data) and an eval set drawn like training
+    (work/like_training, other people), preprocessed; kept from an earlier call. Returns {eval set: its root}."""
+    roots = {"shifted": work / "data", "like training": work / "like_training"}
+    if not (work / "data/train/folds.csv").is_file():
+        generate(roots["shifted"], people=args.people, eval_people=args.eval_people, seed=args.data_seed,
+                 overwrite=True, eval_mix=tuple(args.shifted_mix))
+        generate(roots["like training"], people=0, eval_people=args.eval_people, seed=args.data_seed + 1,
+                 overwrite=True, eval_mix=(OLD_SHARE["train"], MALE_SHARE["train"]))
+        run([ROOT / "preprocess.py", "--data_dir", work / "data/train/images"], os.environ, work / "preprocess.log")
+    return roots
+
+
+def score_method(work, root, run_dir, output, flags, env):
+    """Macro F1 (and the other scores), ECE and the shares of 60+ and male answers of one inference.py call."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    run([ROOT / "inference.py", "--model_dir", run_dir, "--data_dir", root / "eval", "--output_dir", output, *flags],
+        env, output.with_suffix(".log"))
+    truth = pd.read_csv(root / "gt/gt.csv", dtype={"ImageID": str})
+    answers = pd.read_csv(output / "output.csv", dtype={"ImageID": str}).set_index("ImageID").loc[truth["ImageID"]]
+    image_ids, probabilities = read_probabilities(output / "probabilities.csv")
+    row_of = {image_id: row for row, image_id in enumerate(image_ids)}
+    probabilities = probabilities.numpy()[[row_of[image_id] for image_id in truth["ImageID"]]]
+    _, gender, age = COMPETITION.decode(answers["ans"].to_numpy())
+    return {**score(truth["ans"].to_numpy(), answers["ans"].to_numpy()),
+            "ece": expected_calibration_error(probabilities, truth["ans"].to_numpy()),
+            "ece_if_calibrated": ece_of_a_calibrated_predictor(probabilities),
+            "answered_60+": float((age == 2).mean()), "answered_male": float((gender == 0).mean())}
+
+
+def ece_of_a_calibrated_predictor(probabilities, draws=200):
+    """The mean ECE of these probabilities against labels drawn from themselves: what a perfectly calibrated
+    predictor with the same confidences shows on as many photos, the floor of the measured ECE."""
+    rng = np.random.default_rng(0)
+    cumulative = np.cumsum(probabilities, axis=1)
+    return float(np.mean([expected_calibration_error(probabilities, np.minimum(
+        (rng.random((len(probabilities), 1)) > cumulative).sum(axis=1), probabilities.shape[1] - 1))
+        for _ in range(draws)]))
+
+
+def benchmark_adaptation(work, args):
+    """Every adjustment method's scores on both eval sets for every seed's run of train.py's defaults."""
+    roots = prepare_adaptation_data(work, args)
+    env = {**os.environ, "SM_CHANNEL_TRAIN": str(work / "data/train/images"), "SM_MODEL_DIR": str(work / "model")}
+    rows = []
+    for seed in args.seeds:
+        run_dir = work / "model" / f"defaults_seed{seed}"
+        if (run_dir / "best.pth").is_file():
+            print(f"reusing {run_dir}", flush=True)
+        else:
+            print(f"training train.py's defaults with seed {seed}", flush=True)
+            run([ROOT / "train.py", "--name", run_dir.name, "--seed", seed, *shared_flags(args)], env,
+                work / f"{run_dir.name}.train.log")
+        for eval_set, root in roots.items():
+            truth = COMPETITION.decode(pd.read_csv(root / "gt/gt.csv")["ans"].to_numpy())
+            for method, flags in ADAPTATION_METHODS.items():
+                output = work / "output" / run_dir.name / eval_set.replace(" ", "_") / method.replace(" ", "")
+                rows.append({"seed": seed, "eval_set": eval_set, "method": method,
+                             "true_60+": float((truth[2] == 2).mean()), "true_male": float((truth[1] == 0).mean()),
+                             **score_method(work, root, run_dir, output, flags, env)})
+                write_results(rows, work / "results.json")
+        print(f"seed {seed} measured", flush=True)
+    return rows
+
+
+def mean_and_spread(values):
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
+
+
+def print_adaptation_table(rows):
+    """Macro F1 and ECE of each method on each eval set, then the shares of 60+ and male answers."""
+    frame = pd.DataFrame(rows)
+    sets = [eval_set for eval_set in EVAL_SETS if eval_set in set(frame["eval_set"])]
+    for eval_set in sets:
+        part = frame[frame["eval_set"] == eval_set]
+        print(f"{eval_set} eval set: {part['true_60+'].iloc[0]:.0%} aged 60+, {part['true_male'].iloc[0]:.0%} men")
+    header = "".join(f"{f'{eval_set} {measure}':>24}" for eval_set in sets for measure in ("macro F1", "ECE"))
+    print(f"\n{'mean ± spread over seeds':<34}{header}")
+    for method in ADAPTATION_METHODS:
+        cells = [mean_and_spread(frame[(frame["method"] == method) & (frame["eval_set"] == eval_set)][measure])
+                 for eval_set in sets for measure in ("f1", "ece")]
+        print(f"{method:<34}" + "".join(f"{cell:>24}" for cell in cells))
+    floors = [frame[(frame["method"] == "calibrated") & (frame["eval_set"] == eval_set)]["ece_if_calibrated"]
+              for eval_set in sets]
+    print("the calibrated probabilities' ECE if they were perfectly calibrated, on as many photos: "
+          + ", ".join(f"{eval_set} {mean_and_spread(floor)}" for eval_set, floor in zip(sets, floors)))
+    print("\nshare of answers 60+ / male (mean over seeds)")
+    shares = frame.groupby(["method", "eval_set"], sort=False)[["answered_60+", "answered_male"]].mean()
+    print(shares.to_string(float_format="%.3f"))
+    print("\nevery run")
+    print(frame[["eval_set", "method", "seed", "f1", "ece", "accuracy", "mask_f1", "gender_f1", "age_f1"]]
+          .to_string(index=False, float_format="%.4f"))
+
+
 def write_results(rows, path):
     path.write_text(json.dumps(rows, indent=2) + "\n")
 
@@ -181,11 +301,14 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="benchmark_recipe.") as temporary:
         work = Path(args.out or temporary)
         work.mkdir(parents=True, exist_ok=True)
-        rows = benchmark(work, args, variants)
+        rows = benchmark_adaptation(work, args) if args.adaptation else benchmark(work, args, variants)
     data = args.data_dir or f"{args.people} training and {args.eval_people} eval people"
     print(f"\n{data}, seeds {' '.join(map(str, args.seeds))}, "
           f"train.py defaults{' + ' + ' '.join(shared_flags(args)) if shared_flags(args) else ''}")
-    print_table(rows, variants, COLUMNS["competition" if args.data_dir is None else "folders"])
+    if args.adaptation:
+        print_adaptation_table(rows)
+    else:
+        print_table(rows, variants, COLUMNS["competition" if args.data_dir is None else "folders"])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ predict fold K (inference.py and inference_tta.py write such files with `--fold 
 it, and the macro F1 of the combination is printed. With `--fold all` the inputs are out-of-fold predictions,
 the oof.csv of `train.py --fold all` runs (or those runs' folders): the vote covers every training image and
 is scored against the folds CSV's labels, so weights are chosen on all the training data, then applied to
-the same runs' eval-set probabilities.
+the same runs' eval-set probabilities. `--calibrate` and `--adapt_prior` adjust each run predicted here as
+inference.py does (probability files are taken as written); `--decision f1 --oof FILE` decides the soft vote by
+per-class weights fitted on FILE, the held-out predictions of the same combination (its --fold K or --fold all
+output); `--keep_raw` also writes the vote of the unadjusted inputs as probabilities_raw.csv.
 """
 import sys
 from pathlib import Path
@@ -30,10 +33,11 @@ import torch
 import torch.nn.functional as F
 
 import cli
-from dataset import COMPETITION, TASK_CLASSES, compose_probabilities, frame_scheme
+from adaptation import Adjuster
+from dataset import COMPETITION, TASK_CLASSES, LabelScheme, compose_probabilities, frame_scheme
 from inference import (add_common_flags, find_runs, predict_runs, print_held_out_score, read_folds, read_images,
-                       read_info, runs_scheme)
-from submissions import read_probabilities, write_submission
+                       read_info, read_oof, runs_scheme)
+from submissions import read_probabilities, write_probabilities, write_submission
 
 METHODS = ("soft", "hard")
 
@@ -54,6 +58,7 @@ def get_args_parser():
                  help="soft: weighted mean of probabilities; hard: weighted majority of the voters' answers")
     cli.add_flag(vote, "weights", type=cli.non_negative_float, nargs="+", default=None,
                  help="one weight per voter, in input order, the composition last (default: all 1)")
+    parser.set_defaults(decision="argmax")  # the combination's held-out predictions are --oof's to give
     return parser
 
 
@@ -134,10 +139,40 @@ def read_rows(args, predicts):
     return None, None, None, None
 
 
-def predict_composition(args, paths, device):
-    """18-class probabilities as the product of the mask, gender and age runs' distributions."""
-    return compose_probabilities(*(predict_runs(find_runs(getattr(args, task)), paths, args, device, task)
-                                   for task in TASK_CLASSES))
+def predict_voter(runs, paths, args, device, adjuster, task="all"):
+    """(adjusted, unadjusted) mean probabilities of one voter's runs (inference.predict_runs)."""
+    start = len(adjuster.raw)
+    adjusted = predict_runs(runs, paths, args, device, task, adjuster=adjuster)
+    return adjusted, torch.stack(adjuster.raw[start:]).mean(dim=0)
+
+
+def predict_composition(args, paths, device, adjuster):
+    """(adjusted, unadjusted) 18-class probabilities as the product of the mask, gender and age runs'
+    distributions."""
+    tasks = [predict_voter(find_runs(getattr(args, task)), paths, args, device, adjuster, task)
+             for task in TASK_CLASSES]
+    return tuple(compose_probabilities(*parts) for parts in zip(*tasks))
+
+
+def check_adjustments(args):
+    """The Adjuster of the flags; --decision f1 needs --oof (the combination's held-out predictions) and soft
+    votes."""
+    if args.decision == "f1" and not args.oof:
+        raise cli.UserError("--decision f1 fits its weights on held-out predictions of this combination: pass --oof "
+                            "FILE (e.g. the probabilities.csv of the same ensemble.py command with --fold K)")
+    if args.decision == "f1" and args.method == "hard":
+        raise cli.UserError("--decision f1 decides on the soft vote's probabilities: use --method soft")
+    return Adjuster(args.calibrate, args.adapt_prior, args.decision)
+
+
+def combination_scheme(args, classes):
+    """The label scheme of the combined probabilities: the folds CSV's for --fold, else the competition's (or, for
+    probability files of other classes, one task of `classes` numbered classes)."""
+    if args.fold is not None:
+        return frame_scheme(read_folds(args.csv, args.train_dir, args.fold))
+    if classes == COMPETITION.num_classes:
+        return COMPETITION
+    return LabelScheme("classes", {"class": [str(k) for k in range(classes)]})
 
 
 def main(argv=None):
@@ -147,10 +182,12 @@ def main(argv=None):
     if args.fold == "all" and args.mask:
         raise cli.UserError("--fold all combines oof.csv files; --mask, --gender and --age runs cannot be predicted "
                             "on the images they trained on")
+    adjuster = check_adjustments(args)
     files = [probability_file(source, args.fold) for source in args.inputs]
     info, paths, labels, reference_name = read_rows(args, predicts=None in files or bool(args.mask))
     reference = None if info is None else info["ImageID"].tolist()
-    aligned, scheme = [], COMPETITION if args.mask else None  # the voting runs' scheme, once one is predicted
+    aligned, raw, as_written = [], [], []
+    scheme = COMPETITION if args.mask else None  # the voting runs' scheme, once one is predicted
     for source, file in zip(args.inputs, files):
         if file is None:
             runs = find_runs([source])
@@ -160,9 +197,12 @@ def main(argv=None):
                                     f"({', '.join(run_scheme.classes)} against {', '.join(scheme.classes)}): vote "
                                     "over runs of one label scheme")
             scheme = run_scheme
-            name, image_ids, probabilities = source, reference, predict_runs(runs, paths, args, device)
+            name, image_ids = source, reference
+            probabilities, unadjusted = predict_voter(runs, paths, args, device, adjuster)
         else:
             name, (image_ids, probabilities) = str(file), read_probabilities(file)
+            unadjusted = probabilities
+            as_written.append(name)
         # the first voter sets the class count (any scheme's), the composition the competition's 18
         classes = COMPETITION.num_classes if args.mask else aligned[0].shape[1] if aligned else probabilities.shape[1]
         if probabilities.shape[1] != classes:
@@ -171,12 +211,26 @@ def main(argv=None):
         if reference is None:  # no info.csv: the first input sets the rows
             reference, reference_name = image_ids, name
         aligned.append(align(image_ids, probabilities, reference, name, reference_name))
+        raw.append(align(image_ids, unadjusted, reference, name, reference_name))
+    if as_written and (args.calibrate or args.adapt_prior != "none"):
+        print(f"{', '.join(as_written)}: taken as written (--calibrate and --adapt_prior adjust the runs predicted "
+              "here)")
     if args.mask:
-        aligned.append(predict_composition(args, paths, device))
+        for kept, probabilities in zip((aligned, raw), predict_composition(args, paths, device, adjuster)):
+            kept.append(probabilities)
     info = pd.DataFrame({"ImageID": reference, "ans": 0}) if info is None else info
     stacked = torch.stack(aligned)
-    answers = hard_vote(stacked, weights) if args.method == "hard" else None
-    answers = write_submission(info, soft_vote(stacked, weights), args.output_dir, answers)
+    vote = soft_vote(stacked, weights)
+    if args.method == "hard":
+        answers = hard_vote(stacked, weights)
+    else:
+        scheme = scheme or combination_scheme(args, vote.shape[1])  # the runs' own, where runs voted
+        adjuster.oof = read_oof(args, scheme) if args.decision == "f1" else None
+        answers = adjuster.decide(scheme, vote)
+    answers = write_submission(info, vote, args.output_dir, answers)
+    if args.keep_raw:
+        write_probabilities(info["ImageID"], soft_vote(torch.stack(raw), weights),
+                            Path(args.output_dir) / "probabilities_raw.csv")
     if labels is not None:
         print_held_out_score(args.fold, labels, answers, frame_scheme(read_folds(args.csv, args.train_dir, args.fold)))
 

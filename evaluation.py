@@ -8,16 +8,20 @@ per-task F1), or a folder's predictions.csv against its true classes.
     python evaluation.py --truth labels.csv --predictions out/predictions.csv   # labels.csv: path,class
     python evaluation.py --report report                  # + pictures: confusion matrices, per class, mistakes
 
-Prints the organisers' JSON ({"accuracy": {...}, "f1": {...}}), then one line with the per-task F1.
+Prints the organisers' JSON ({"accuracy": {...}, "f1": {...}}), then one line with the per-task F1 and, when
+the probabilities.csv written with the submission is beside it (or `--probabilities`), the expected calibration
+error of those probabilities (`ece`, 15 confidence bins: how far "confidence 0.9" is from being right 9 times in
+10).
 A submission whose ImageIDs do not match gt.csv one to one, or whose labels are not integers 0-17, is
 refused with a one-line error and exit code 2. With `--truth` (a folder of class folders, or a CSV of path and
 class), inference.py's predictions.csv (path, predicted) is scored instead: accuracy, macro F1 over the true
 classes, and a per-class table of precision, recall, F1 and support; its paths must match the truth's one to one.
 
 `--report DIR` also writes reports.py's pictures: the confusion matrices (18 classes and per task), the
-per-class scores and, from the probabilities.csv beside the submission (the confidence of each answer),
-mistakes.csv, every wrong answer most confident first, and mistakes.png, the most confident ones among the
-eval photos (`--images`). Without probabilities.csv, or without the photos, that part is skipped and said so.
+per-class scores and, from the probabilities.csv beside the submission (the confidence of each answer), the
+reliability diagram reliability.png, mistakes.csv, every wrong answer most confident first, and mistakes.png, the
+most confident ones among the eval photos (`--images`). Without probabilities.csv, or without the photos, that
+part is skipped and said so.
 """
 import json
 import sys
@@ -29,6 +33,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 import cli
 import reports
+from adaptation import expected_calibration_error
 from dataset import COMPETITION, NUM_CLASSES, ImageDataset, folder_scheme
 from fileio import read_csv, utf8_paths
 from photos import find_photos
@@ -160,7 +165,7 @@ def write_report(directory, ground_truth, predicted, probabilities, photos, show
     written = reports.write_report(Path(directory), ground_truth["ans"].to_numpy(), predicted, COMPETITION,
                                    probabilities,
                                    ground_truth["ImageID"].tolist(), None if photos is None else photos.load, shown)
-    skipped = ("; mistakes.csv and mistakes.png skipped: no probabilities.csv beside the submission "
+    skipped = ("; reliability.png, mistakes.csv and mistakes.png skipped: no probabilities.csv beside the submission "
                "(--probabilities)" if probabilities is None
                else "; mistakes.png skipped: no eval photos (--images)" if photos is None else "")
     print(f"report in {directory}: {', '.join(written)}{skipped}")
@@ -227,11 +232,22 @@ def score_folder(truth_source, predictions_path, args):
         raise cli.UserError(f"the predictions and the truth name different photos ({len(missing)} missing, "
                             f"{len(extra)} extra; first: {first})")
     table, metrics = class_table(truth["class"].to_numpy(), predictions.loc[truth["path"], "predicted"].to_numpy())
-    print(f"accuracy {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f} over {len(truth)} photos")
+    print(f"accuracy {metrics['accuracy']:.4f} f1 {metrics['f1']:.4f}{folder_ece(truth, predictions)} over "
+          f"{len(truth)} photos")
     print(table.to_string(index=False, float_format="%.4f"))
     if args.report:
         write_folder_report(args, truth, predictions.loc[truth["path"]], truth_source)
     return metrics
+
+
+def folder_ece(truth, predictions):
+    """' ece X' of predictions.csv's prob_<class> columns against the true classes, or '' when a true class has
+    no column."""
+    names = [column.removeprefix("prob_") for column in predictions.columns if column.startswith("prob_")]
+    if not set(truth["class"]) <= set(names):
+        return ""
+    probabilities = predictions.loc[truth["path"], [f"prob_{name}" for name in names]].to_numpy(dtype=float)
+    return f" ece {expected_calibration_error(probabilities, truth['class'].map(names.index).to_numpy()):.4f}"
 
 
 def write_folder_report(args, truth, predictions, truth_source):
@@ -266,7 +282,10 @@ def main(argv=None):
     report_inputs = read_report_inputs(args, submission_path, ground_truth["ImageID"].tolist()) if args.report else ()
     metrics = score(ground_truth["ans"].to_numpy(), predicted)
     print(organisers_json(metrics))
-    print(" ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+    probabilities = (report_inputs[0] if args.report
+                     else read_report_probabilities(args, submission_path, ground_truth["ImageID"].tolist()))
+    ece = "" if probabilities is None else f" ece {expected_calibration_error(probabilities, ground_truth['ans']):.4f}"
+    print(" ".join(f"{name} {value:.4f}" for name, value in metrics.items()) + ece)
     if args.report:
         write_report(args.report, ground_truth, predicted, *report_inputs, args.mistakes)
 

@@ -7,6 +7,7 @@ gt/). It is the default data of the demo and of the tests:
 
     python generate_sample.py --out data --people 60 --eval_people 20 --seed 0
     python generate_sample.py --kind mask --out data/mask --people 60 --eval_people 20
+    python generate_sample.py --out data/shifted --eval_old_share 0.31 --eval_male_share 0.65   # another eval mix
 
 Layout written under --out:
     train/images/{id:06d}_{gender}_Asian_{age}/{mask1..mask5,incorrect_mask,normal}.{jpg|jpeg|png}
@@ -111,10 +112,12 @@ class Person:
     background: Image.Image
 
 
-def draw_attributes(rng, split):
-    """Gender and age, drawn first so they depend only on (seed, split, index)."""
-    gender = "male" if rng.random() < MALE_SHARE[split] else "female"
-    if rng.random() < OLD_SHARE[split]:
+def draw_attributes(rng, split, mix=None):
+    """Gender and age, drawn first so they depend only on (seed, split, index); `mix` (share of people 60 and over,
+    share of men) replaces the split's own."""
+    old_share, male_share = mix or (OLD_SHARE[split], MALE_SHARE[split])
+    gender = "male" if rng.random() < male_share else "female"
+    if rng.random() < old_share:
         return gender, 60
     lo, hi = AGE_RANGES[rng.choice(len(AGE_RANGES), p=AGE_RANGE_WEIGHTS)]
     return gender, int(rng.integers(lo, hi + 1))
@@ -140,10 +143,10 @@ def draw_background(rng):
     return Image.fromarray(np.broadcast_to(bg, (HEIGHT, WIDTH, 3)).astype(np.uint8))
 
 
-def make_person(seed, split, index):
-    """Everything the seven photos of one person share."""
+def make_person(seed, split, index, mix=None):
+    """Everything the seven photos of one person share (`mix`: draw_attributes')."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-    gender, age = draw_attributes(rng, split)
+    gender, age = draw_attributes(rng, split, mix)
     male = gender == "male"
     u = rng.random()  # the real train set mixes extensions; the eval set is all .jpg
     extension = ".jpg" if split == "eval" or u >= 0.2 else ".jpeg" if u < 0.1 else ".png"
@@ -327,8 +330,9 @@ def has_images(out_dir):
     return any(f.is_file() for d in ("train/images", "eval/images") for f in (out_dir / d).rglob("*"))
 
 
-def generate(out_dir, people=60, eval_people=20, seed=0, overwrite=False):
-    """Write the synthetic data set under out_dir; returns a small summary dict."""
+def generate(out_dir, people=60, eval_people=20, seed=0, overwrite=False, eval_mix=None):
+    """Write the synthetic data set under out_dir; returns a small summary dict. `eval_mix` (share of people 60 and
+    over, share of men) draws the eval people with another mix than OLD_SHARE's and MALE_SHARE's."""
     out_dir = Path(out_dir)
     if has_images(out_dir):
         if not overwrite:
@@ -353,7 +357,7 @@ def generate(out_dir, people=60, eval_people=20, seed=0, overwrite=False):
 
     eval_rows = []
     for index in range(eval_people):
-        p = make_person(seed, "eval", index)
+        p = make_person(seed, "eval", index, eval_mix)
         for stem in STEMS:
             name = eval_image_name(seed, index, stem)
             save_photo(render_photo(p, stem, photo_rng(seed, "eval", index, stem)), eval_dir / "images" / name)
@@ -404,6 +408,12 @@ def main(argv=None):
                         help="number of train people, 7 photos each (default: 60)")
     parser.add_argument("--eval_people", "--eval-people", type=cli.positive_int, default=20,
                         help="number of eval people, 7 photos each (default: 20)")
+    parser.add_argument("--eval_old_share", "--eval-old-share", type=cli.fraction, default=OLD_SHARE["eval"],
+                        help="share of eval people aged 60+ (training: %s; default: %%(default)s)"
+                             % OLD_SHARE["train"])
+    parser.add_argument("--eval_male_share", "--eval-male-share", type=cli.fraction, default=MALE_SHARE["eval"],
+                        help="share of eval people who are men (training: %s; default: %%(default)s)"
+                             % MALE_SHARE["train"])
     parser.add_argument("--seed", type=cli.non_negative_int, default=0,
                         help="random seed; same seed gives identical files (default: 0)")
     parser.add_argument("--overwrite", action="store_true",
@@ -411,7 +421,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.kind == "competition":
-            summary = generate(args.out, args.people, args.eval_people, args.seed, overwrite=args.overwrite)
+            summary = generate(args.out, args.people, args.eval_people, args.seed, overwrite=args.overwrite,
+                               eval_mix=(args.eval_old_share, args.eval_male_share))
         else:
             summary = generate_classes(args.out, args.kind, args.people, args.eval_people, args.seed, args.overwrite)
     except FileExistsError as error:

@@ -7,6 +7,8 @@
     python inference.py --cache off       # decode every photo anew, writing nothing beside the images
     python inference.py --data_dir photos/ --model_dir model/mask --sort_into sorted/ --min_confidence 0.8
     python inference.py --onnx model/exp/model_int8.onnx  # an exported model (export.py), run by onnxruntime
+    python inference.py --decision argmax --no-calibrate   # the most probable class, probabilities as predicted
+    python inference.py --adapt_prior em --keep_raw       # probabilities re-weighted to the eval set's mix
 
 A folder without info.csv is a folder of photos (any depth): predictions.csv gets one row per photo (its path
 under the folder, the predicted class name, the confidence, one prob_<class> column per class), beside the usual
@@ -26,7 +28,17 @@ calls). Each run sees the photos cropped as it was trained (its config's --crop,
 eval photos' faces are detected on the first inference that needs them and kept in faces.csv beside info.csv
 (detected again only for photos added or changed since), those of a held-out fold come from the folds CSV.
 inference_tta.py and ensemble.py share these flags and functions.
+
+Each run's probabilities are adjusted (adaptation.py, docs/adaptation.md) by what its best.pth and config.json hold:
+`--calibrate` (the default) fits one temperature per task on its validation fold, so that confidences mean what
+they say; `--adapt_prior em|bbse` re-weights them to the eval set's class mix, estimated without labels;
+`--decision f1` (the default) answers as if every class were equally likely, by per-class weights fitted on the
+validation folds (or `--oof FILE`), which raised macro F1 on the sample set where argmax under-called the rare
+classes. One line per run says what was done and what could not be (a run saved before train.py recorded its
+prior, an exported model away from its run). probabilities.csv holds the adjusted probabilities, output.csv the
+decided answers, and `--keep_raw` adds probabilities_raw.csv, the probabilities as predicted.
 """
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -37,6 +49,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import cli
+from adaptation import DECISIONS, PRIOR_METHODS, Adjuster, HeldOut
 from augmentation import create_transform
 from dataset import (CACHE_MODES, COMPETITION, ImageDataset, frame_scheme, load_folds,
                      loader_options, open_cache, run_scheme, training_targets)
@@ -47,7 +60,7 @@ from exported import OnnxClassifier, check_config, read_config
 from model import AMP_DTYPES, HEADS, check_amp, create_model, load_weights, place_model, predict
 from photos import find_photos
 from sorting import SORT_MODES, sort_photos
-from submissions import write_predictions, write_submission
+from submissions import read_probabilities, write_predictions, write_probabilities, write_submission
 
 RUN_CONFIG_CHECKS = {  # what rebuilding a run's model needs from its config.json
     "model": (lambda value: isinstance(value, str) and value != "", "a model name"),
@@ -87,6 +100,22 @@ def add_common_flags(parser, fold_all=False):
     cli.add_flag(held_out, "train_dir", default=cli.env_default("SM_CHANNEL_TRAIN", "data/train/images"),
                  help="folder of person folders (env SM_CHANNEL_TRAIN)")
     cli.add_flag(held_out, "csv", default=None, help="folds CSV (default: folds.csv beside train_dir)")
+    adjust = parser.add_argument_group("adjusting the probabilities (adaptation.py)")
+    # the defaults are what measured best: benchmark_recipe.py --adaptation, docs/adaptation.md
+    cli.add_flag(adjust, "calibrate", action=argparse.BooleanOptionalAction, default=True,
+                 help="one temperature per task of each run, fitted on its validation fold")
+    cli.add_flag(adjust, "adapt_prior", default="none", choices=PRIOR_METHODS,
+                 help="re-weight each run's probabilities to the eval set's class mix, estimated without labels by "
+                      "EM or BBSE from its bias-corrected calibrated posteriors; none: keep the mix they answer to")
+    cli.add_flag(adjust, "decision", default="f1", choices=DECISIONS,
+                 help="f1: answer as if every class were equally likely, by per-class weights fitted on held-out "
+                      "predictions (the runs' validation folds, or --oof): for macro F1; argmax: the most probable "
+                      "class, for accuracy")
+    cli.add_flag(adjust, "oof", default=None, metavar="FILE",
+                 help="held-out predictions for --decision f1, used as written: an oof.csv, or a probabilities.csv "
+                      "of --fold K (labels from the folds CSV)")
+    cli.add_flag(adjust, "keep_raw", action="store_true",
+                 help="also write probabilities_raw.csv: the probabilities before any adjustment")
     return paths
 
 
@@ -184,6 +213,78 @@ def load_run(run_dir, device, checkpoint="best", task="all", fold=None, threads=
     path = run_dir / f"{checkpoint}.pth"
     load_weights(model, load_checkpoint(path)["model"], path)
     return model.to(device), config
+
+
+def run_held_out(run_dir, config, checkpoint="best"):
+    """(validation probabilities, their true labels) of a run's best epoch, which its adjustments are fitted on, or
+    a sentence saying why there are none. Runs saved before best.pth kept the targets get them from the folds CSV."""
+    if checkpoint != "best":
+        return "only best.pth holds validation predictions"
+    state = load_checkpoint(Path(run_dir) / "best.pth")
+    if "valid_probabilities" not in state:
+        return "its best.pth holds no validation predictions"
+    probabilities, labels = state["valid_probabilities"], state.get("valid_targets")
+    if labels is None:
+        try:
+            frame = load_folds(Path(config["csv"]), Path(config["data_dir"]), config["fold"])
+        except (cli.UserError, KeyError, TypeError):
+            return f"its folds CSV {config.get('csv')} cannot label its validation fold"
+        labels = training_targets(frame[frame["fold"] == config["fold"]], config.get("task", "all"))
+    labels = np.asarray(labels)
+    if len(labels) != len(probabilities) or labels.max(initial=0) >= probabilities.shape[1]:
+        return "its validation predictions do not match its folds CSV's validation fold"
+    return probabilities, labels
+
+
+def fitted_run(source, config):
+    """(run directory, its config) whose validation predictions and training prior adjust the predictions of
+    `source`: the run itself, or for an exported model the run directory it was exported into (beside it, of the
+    same model, classes, fold and size); (None, config) when there is none."""
+    if not is_onnx(source):
+        return source, config
+    run_dir = Path(source).parent
+    if not (run_dir / "config.json").is_file():
+        return None, config
+    run_config = read_json(run_dir / "config.json")
+    same = (all(run_config.get(key) == config.get(key) for key in ("model", "task", "fold", "resize"))
+            and run_scheme(run_config) == run_scheme(config))
+    return (run_dir, run_config) if same else (None, config)
+
+
+def adjust_run(adjuster, source, config, probabilities, checkpoint="best"):
+    """One run's (or exported model's) probabilities adjusted by the Adjuster (None: as predicted)."""
+    if adjuster is None:
+        return probabilities
+    run_dir, config = fitted_run(source, config)
+    held_out = ("not needed" if not adjuster.active
+                else run_held_out(run_dir, config, "best" if is_onnx(source) else checkpoint) if run_dir
+                else "an exported model carries no validation predictions, and no run directory is beside it")
+    return adjuster.adjust(str(source), run_scheme(config), config["head"], probabilities, held_out,
+                           config.get("training_prior"))
+
+
+def make_adjuster(args, scheme):
+    """The Adjuster of the --calibrate, --adapt_prior, --decision and --oof flags."""
+    return Adjuster(args.calibrate, args.adapt_prior, args.decision, read_oof(args, scheme) if args.oof else None)
+
+
+def read_oof(args, scheme):
+    """--oof's held-out predictions and their labels: its label column (an oof.csv), else the folds CSV's labels of
+    its ImageIDs (paths under --train_dir, as --fold K names them)."""
+    image_ids, probabilities = read_probabilities(args.oof)
+    if probabilities.shape[1] != scheme.num_classes:
+        raise cli.UserError(f"--oof {args.oof} holds {probabilities.shape[1]} classes, not the {scheme.num_classes} "
+                            "the runs predict")
+    frame = read_csv(args.oof, dtype={"ImageID": str})
+    if "label" in frame.columns:
+        labels = pd.to_numeric(frame["label"], errors="coerce")
+    else:
+        folds = read_folds(args.csv, args.train_dir, "all")
+        labels = pd.Series(training_targets(folds), index=folds["path"]).reindex(image_ids)
+    if labels.isna().any() or not labels.between(0, scheme.num_classes - 1).all():
+        raise cli.UserError(f"--oof {args.oof}: a row has no label (no label column, and an ImageID the folds CSV "
+                            "does not list): pass an oof.csv or a probabilities.csv of --fold K")
+    return HeldOut(probabilities, labels.to_numpy(dtype=np.int64))
 
 
 def read_info(eval_dir):
@@ -335,18 +436,34 @@ def predict_run(model, config, paths, batch_size, workers, device, cache="off", 
     return predict(model, loader, config["head"], run_scheme(config), device, amp=amp, channels_last=channels_last)[0]
 
 
-def predict_runs(run_dirs, paths, args, device, task="all", predict_one=predict_run):
-    """Mean class probabilities of the runs (a soft vote) over the photos at `paths`; `predict_one` takes
-    predict_run's arguments (inference_tta.py passes its views)."""
+def predict_runs(run_dirs, paths, args, device, task="all", predict_one=predict_run, adjuster=None):
+    """Mean class probabilities of the runs (a soft vote) over the photos at `paths`, each run's adjusted by the
+    `adjuster` first (adaptation.Adjuster; None: as predicted); `predict_one` takes predict_run's arguments
+    (inference_tta.py passes its views)."""
     check_amp(args.amp, device)
     faces, total = FaceBoxes(args, paths, device), 0
     for run_dir in run_dirs:
         model, config = load_run(run_dir, device, args.checkpoint, task, args.fold,
                                  getattr(args, "threads", 0))  # ensemble.py votes over runs, never ONNX files
-        total = total + predict_one(place_model(model, device, args.channels_last), config, paths, args.batch_size,
+        probabilities = predict_one(place_model(model, device, args.channels_last), config, paths, args.batch_size,
                                     args.workers, device, cache=args.cache, cache_dir=cache_dir(args), amp=args.amp,
                                     channels_last=args.channels_last, regions=faces.regions(config))
+        total = total + adjust_run(adjuster, run_dir, config, probabilities, args.checkpoint)
     return total / len(run_dirs)
+
+
+def predict_adjusted(runs, paths, args, device, scheme, predict_one=predict_run):
+    """(the runs' mean adjusted probabilities, the answers of --decision or None for their argmax, the runs' mean
+    unadjusted probabilities)."""
+    adjuster = make_adjuster(args, scheme)
+    probabilities = predict_runs(runs, paths, args, device, predict_one=predict_one, adjuster=adjuster)
+    return probabilities, adjuster.decide(scheme), adjuster.raw_mean()
+
+
+def write_raw(args, info, raw):
+    """probabilities_raw.csv: the probabilities before --calibrate, --adapt_prior and --decision (--keep_raw)."""
+    if args.keep_raw:
+        write_probabilities(info["ImageID"], raw, Path(args.output_dir) / "probabilities_raw.csv")
 
 
 def write_outputs(args, info, probabilities, scheme, answers=None):
@@ -356,12 +473,12 @@ def write_outputs(args, info, probabilities, scheme, answers=None):
         if args.sort_into:
             raise cli.UserError("--sort_into files the photos of a photo folder (one without info.csv)")
         return write_submission(info, probabilities, args.output_dir, answers)
-    predicted, confidences = write_predictions(info, probabilities, scheme, args.output_dir)
+    predicted, confidences = write_predictions(info, probabilities, scheme, args.output_dir, answers)
     if args.sort_into:
         images = [Path(args.data_dir) / image_id for image_id in info["ImageID"]]
         sort_photos(images, predicted, confidences, args.sort_into, args.sort_mode, args.min_confidence)
         print(f"filed {len(images)} photos under {args.sort_into} by predicted class ({args.sort_mode})")
-    return np.asarray(probabilities).argmax(axis=1) if answers is None else answers
+    return np.asarray(probabilities).argmax(axis=1) if answers is None else np.asarray(answers)
 
 
 def print_held_out_score(fold, labels, answers, scheme=COMPETITION):
@@ -376,7 +493,9 @@ def main(argv=None):
     info, paths, labels = read_images(args)
     runs = find_models(args)
     scheme = runs_scheme(runs, args)
-    answers = write_outputs(args, info, predict_runs(runs, paths, args, device), scheme)
+    probabilities, answers, raw = predict_adjusted(runs, paths, args, device, scheme)
+    answers = write_outputs(args, info, probabilities, scheme, answers)
+    write_raw(args, info, raw)
     if labels is not None:
         print_held_out_score(args.fold, labels, answers, scheme)
 

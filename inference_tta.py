@@ -14,7 +14,9 @@ the centre by 10%. Presets: `none` (identity only), `flip` (hflip), `default` (h
 `--tta_views N` adds N random views drawn from the decoded photo with the run's training augmentation (or
 `--tta_augmentation`), seeded per photo and view from `--seed`: the same seed gives the same probabilities
 whatever the batch size or number of workers. These are its per-photo transforms (CustomAugmentation's crop
-and flip); the colour jitter that training applies to whole batches is not a view.
+and flip); the colour jitter that training applies to whole batches is not a view. `--calibrate`, `--adapt_prior`
+and `--decision` adjust each run's averaged views as inference.py does (the temperature is fitted on the run's
+validation predictions, made without views).
 """
 import sys
 from functools import partial
@@ -28,8 +30,8 @@ import cli
 from augmentation import AUGMENTATIONS, MEAN, create_transform, to_unit_float
 from dataset import ImageDataset, open_cache, run_scheme, seeded_torch
 from inference import get_args_parser as get_inference_args_parser
-from inference import (find_models, make_loader, predict_runs, print_held_out_score, read_images, runs_scheme,
-                       write_outputs)
+from inference import (find_models, make_loader, predict_adjusted, print_held_out_score, read_images, runs_scheme,
+                       write_outputs, write_raw)
 from model import autocast, logits_to_probabilities, to_memory_format
 
 SHIFT = 0.06  # of the height and width: small enough to keep the whole face in view
@@ -147,7 +149,9 @@ def main(argv=None):
     info, paths, labels = read_images(args)
     runs = find_models(args)
     scheme = runs_scheme(runs, args)
-    answers = write_outputs(args, info, predict_runs(runs, paths, args, device, predict_one=predict_one), scheme)
+    probabilities, answers, raw = predict_adjusted(runs, paths, args, device, scheme, predict_one)
+    answers = write_outputs(args, info, probabilities, scheme, answers)
+    write_raw(args, info, raw)
     if labels is not None:
         print_held_out_score(args.fold, labels, answers, scheme)
 

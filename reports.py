@@ -9,6 +9,7 @@ confusion matrix to TensorBoard; compare.py overlays the curves of several runs.
     per_class.csv, per_class.png   precision, recall, F1 and support of each class
     mistakes.csv                   every wrong prediction, most confident first: path, true, predicted, confidence
     mistakes.png                   the most confident mistakes, each photo as the model saw it
+    reliability.png                accuracy against confidence in 15 bins (the reliability diagram) and the ECE
 
 mistakes.csv is where label errors show first: a photo the model gets wrong with high confidence is often
 labelled wrong, and its fix goes to `preprocess.py --corrections`.
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
 
+from adaptation import ECE_BINS, calibration_bins, expected_calibration_error
 from fileio import atomic_path, write_csv
 
 matplotlib.use("Agg")  # files only: no display on servers, in loader workers or in tests
@@ -146,6 +148,29 @@ def mistakes_figure(mistakes, photos):
     return figure
 
 
+def reliability_figure(true, probabilities, bins=ECE_BINS):
+    """The reliability diagram: each confidence bin's accuracy (bars) and mean confidence (red marks) against the
+    diagonal of perfect calibration, and below it how many photos fall in each bin; the ECE in the title."""
+    counts, confidence, accuracy = calibration_bins(probabilities, true, bins)
+    edges = np.linspace(0, 1, bins + 1)
+    centres, width, filled = (edges[:-1] + edges[1:]) / 2, 1 / bins, counts > 0
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(centres[filled], accuracy[filled], width, edgecolor="black", label="accuracy")
+    top.hlines(confidence[filled], edges[:-1][filled], edges[1:][filled], colors="tab:red", linewidth=3,
+               label="mean confidence")
+    top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.set_title(f"reliability: ECE {expected_calibration_error(probabilities, true, bins):.4f} ({bins} bins)")
+    top.legend(fontsize=8, loc="upper left")
+    bottom.bar(centres, counts, width, color="grey", edgecolor="black")
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("confidence (largest probability)")
+    bottom.set_ylabel("photos")
+    figure.tight_layout()
+    return figure
+
+
 def write_report(directory, true, predicted, scheme, probabilities=None, image_ids=None, load_photo=None,
                  shown=MISTAKES_SHOWN):
     """Writes the report of `predicted` against `true` (labels of `scheme`) into `directory`. mistakes.csv needs the
@@ -166,9 +191,10 @@ def write_report(directory, true, predicted, scheme, probabilities=None, image_i
     written += ["per_class.csv", "per_class.png"]
     if probabilities is None:
         return written
+    save_figure(reliability_figure(true, probabilities), directory / "reliability.png")
     mistakes = mistakes_table(image_ids, true, predicted, probabilities, names)
     write_csv(mistakes, directory / "mistakes.csv")
-    written.append("mistakes.csv")
+    written += ["reliability.png", "mistakes.csv"]
     if load_photo is None:
         return written
     row_of = {image_id: row for row, image_id in enumerate(image_ids)}

@@ -69,12 +69,14 @@ def write_submission(info, probabilities, output_dir, answers=None):
     return answers
 
 
-def write_predictions(info, probabilities, scheme, output_dir):
-    """predictions.csv of a folder of photos: path, predicted class name, confidence, prob_<class> per class (and
-    probabilities.csv, for TTA and ensembles); returns (predicted class names, confidences)."""
+def write_predictions(info, probabilities, scheme, output_dir, answers=None):
+    """predictions.csv of a folder of photos: path, predicted class name (`answers`, by default the most probable
+    class), its probability as the confidence, prob_<class> per class (and probabilities.csv, for TTA and
+    ensembles); returns (predicted class names, confidences)."""
     probabilities = np.asarray(probabilities)
-    predicted = np.array(scheme.classes)[probabilities.argmax(axis=1)]
-    confidences = probabilities.max(axis=1)
+    answers = probabilities.argmax(axis=1) if answers is None else np.asarray(answers)
+    predicted = np.array(scheme.classes)[answers]
+    confidences = probabilities[np.arange(len(answers)), answers]
     frame = pd.DataFrame({"path": info["ImageID"], "predicted": predicted, "confidence": confidences})
     for name, column in zip(scheme.classes, probabilities.T):
         frame[f"{PROBABILITY_PREFIX}{name}"] = column

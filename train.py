@@ -7,10 +7,12 @@ classes, or the classes of a folder of class folders.
     python train.py --model efficientnet_b4 --pretrained --resize 380 380 --epochs 30
     python train.py --data_dir data/mask --select accuracy      # a class-folder set, best epoch by top-1 accuracy
 
-A run directory holds what reproduces it: config.json (every resolved argument, the label scheme included),
-best.pth (the best validation macro F1, or accuracy with --select accuracy), last.pth (the latest epoch),
-summary.csv (one row per epoch) and TensorBoard logs (`tensorboard --logdir model`, with each epoch's
-confusion matrix), and what shows it: curves.png (redrawn every epoch) and report/, the best epoch's validation
+A run directory holds what reproduces it: config.json (every resolved argument, the label scheme included, and
+training_prior: the class mix the training loader draws, after --old_age, --drop_ages and --sampler, which
+inference's --adapt_prior adapts), best.pth (the best validation macro F1, or accuracy with --select accuracy;
+with the validation fold's probabilities and targets, which inference's --calibrate and --decision fit on), last.pth
+(the latest epoch), summary.csv (one row per epoch) and TensorBoard logs (`tensorboard --logdir model`, with each
+epoch's confusion matrix), and what shows it: curves.png (redrawn every epoch) and report/, the best epoch's validation
 pictures (reports.py). Each epoch trains with a progress bar, validates on the held-out fold and prints train
 loss, validation loss, macro F1 over the scheme's classes, accuracy and the competition's per-task F1, then each
 class's F1.
@@ -36,6 +38,7 @@ from tqdm import tqdm
 import cli
 import distributed
 import reports
+from adaptation import training_mix
 from augmentation import (AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_batch_jitter, create_transform,
                           decode_size)
 from dataset import (CACHE_MODES, SAMPLERS, ImageDataset, LabelScheme, SeededSampler, create_sampler,
@@ -284,6 +287,8 @@ def build_loaders(args, frame, data_dir, device):
     draws = torch.Generator().manual_seed(args.seed)
     labels, classes = training_targets(train_frame, "all", args.old_age), frame_scheme(frame).num_classes
     sampler = create_sampler(args.sampler, train_set, labels, classes, draws)
+    # the prior the posteriors learn: inference adapts it to the eval set's mix (adaptation.py)
+    args.training_prior = training_mix(sampler, train_set.targets, run_scheme(vars(args)).num_classes)
     sampler = distributed.shard(SeededSampler(sampler, draws), draws)
     options = loader_options(args.workers, device, persistent=True)
     train_loader = DataLoader(train_set, args.batch_size, sampler=sampler, drop_last=len(sampler) > args.batch_size,
@@ -455,7 +460,8 @@ def save_epoch(run_dir, args, training, progress, metrics, probabilities, improv
     state = {"model": evaluated_model(training).state_dict(), "epoch": progress["epoch"], "metrics": metrics,
              "config": vars(args)}
     if improved:
-        save_checkpoint({**state, "valid_probabilities": probabilities}, run_dir / "best.pth")
+        save_checkpoint({**state, "valid_probabilities": probabilities,
+                         "valid_targets": torch.tensor(training.valid_loader.dataset.targets)}, run_dir / "best.pth")
     save_checkpoint({**state, "optimizer": training.optimizer.state_dict(),
                      "scheduler": training.scheduler.state_dict(), "scaler": training.scaler.state_dict(),
                      "progress": progress,

@@ -19,7 +19,10 @@ def pipeline(sample_data, tmp_path_factory):
            "SM_CHANNEL_EVAL": str(sample_data / "eval"), "SM_CHANNEL_MODEL": str(work / "model/exp"),
            "SM_OUTPUT_DATA_DIR": str(work / "output"), "SM_GROUND_TRUTH_DIR": str(sample_data / "gt")}
     steps = {"preprocess": ["preprocess.py"], "train": ["train.py", "--name", "exp", *TINY_TRAINING],
-             "inference": ["inference.py", "--workers", "0"], "evaluation": ["evaluation.py"],
+             "inference": ["inference.py", "--workers", "0"],
+             "inference by argmax": ["inference.py", "--workers", "0", "--decision", "argmax", "--output_dir",
+                                     work / "output_argmax"],
+             "evaluation": ["evaluation.py"],
              "train again": ["train.py", "--name", "exp", *TINY_TRAINING]}
     return work, {step: run_script(*command, env=env, cwd=work) for step, command in steps.items()}
 
@@ -57,7 +60,10 @@ def test_submission_follows_info_csv_order(pipeline, sample_data):
     assert list(probabilities["ImageID"]) == list(info["ImageID"])
     class_columns = [f"prob_{k}" for k in range(18)]
     assert (probabilities[class_columns].sum(axis=1) - 1).abs().max() < 1e-4
-    assert (probabilities[class_columns].to_numpy().argmax(axis=1) == submission["ans"]).all()
+    # the default decision (for macro F1) chooses the answers, not the probabilities; argmax answers their maximum
+    by_argmax = pd.read_csv(work / "output_argmax/output.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(work / "output_argmax/probabilities.csv"), probabilities)
+    assert (probabilities[class_columns].to_numpy().argmax(axis=1) == by_argmax["ans"]).all()
 
 
 def test_evaluation_prints_the_f1(pipeline):

@@ -23,7 +23,7 @@ from dataset import COMPETITION, NUM_CLASSES, decode_label
 
 TINY = ["--model", "test_resnet", "--resize", "64", "48", "--batch_size", "16", "--workers", "0"]
 REPORT_FILES = ("confusion.png", "confusion.csv", "confusion_tasks.png", "per_class.csv", "per_class.png",
-                "mistakes.csv", "mistakes.png")
+                "reliability.png", "mistakes.csv", "mistakes.png")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -122,8 +122,9 @@ def test_evaluation_report_writes_every_picture(sample_data, submission, tmp_pat
 def test_evaluation_report_without_probabilities_skips_the_mistakes_and_says_so(sample_data, submission, tmp_path):
     (submission / "probabilities.csv").unlink()
     printed = evaluate(sample_data, submission, "--report", tmp_path / "report")
-    assert "mistakes.csv and mistakes.png skipped" in printed
-    assert {p.name for p in (tmp_path / "report").iterdir()} == set(REPORT_FILES) - {"mistakes.csv", "mistakes.png"}
+    assert "reliability.png, mistakes.csv and mistakes.png skipped" in printed
+    assert {p.name for p in (tmp_path / "report").iterdir()} == set(REPORT_FILES) - {"reliability.png",
+                                                                                     "mistakes.csv", "mistakes.png"}
 
 
 @pytest.mark.parametrize("damage, message", [
