@@ -17,7 +17,8 @@ seed of `--seeds` trains train.py on fold 0 with the variant's flags after the s
 size, epochs, data and folds), predicts the eval set with inference.py and scores it. Prints, per variant, the mean
 and spread (standard deviation over seeds) of the eval set's macro F1 (and mask F1, or accuracy) and of the
 validation fold's, then every run; results.json in --out keeps them all. A variant is `NAME=FLAGS`; flags given to
-train.py win over the shared ones.
+train.py win over the shared ones. A run already in --out (its best.pth) is not trained again, only predicted and
+scored: a second call with the same --out scores every run by the same inference.
 `--adaptation` measures inference's adjustments instead (adaptation.py): train.py's defaults (and the shared flags)
 with every seed, each run predicted by inference.py with every method of ADAPTATION_METHODS (argmax, calibrated,
 + EM, + BBSE, + the F1 decision) on two eval sets of `--eval_people`: one drawn with another mix than training
@@ -137,7 +138,10 @@ def eval_metrics(data, output):
 def train_and_score(work, data, name, flags, seed, env):
     """Eval-set and validation metrics of one variant trained with one seed."""
     run_name = f"{name.replace(' ', '_')}_seed{seed}"
-    run([ROOT / "train.py", "--name", run_name, "--seed", seed, *flags], env, work / f"{run_name}.train.log")
+    if (work / "model" / run_name / "best.pth").is_file():
+        print(f"reusing {work / 'model' / run_name}", flush=True)
+    else:
+        run([ROOT / "train.py", "--name", run_name, "--seed", seed, *flags], env, work / f"{run_name}.train.log")
     output = work / "output" / run_name
     run([ROOT / "inference.py", "--model_dir", work / "model" / run_name, "--output_dir", output], env,
         work / f"{run_name}.inference.log")
@@ -172,8 +176,6 @@ def prepare(work, args):
 
 def benchmark(work, args, variants):
     """Every variant's metrics with every seed, as a list of rows."""
-    if (work / "model").exists():
-        raise cli.UserError(f"{work / 'model'} exists: pass an empty or new --out")
     data, env = prepare(work, args)
     folds = [] if args.data_dir is None else ["--csv", work / "folds.csv"]
     rows = []
