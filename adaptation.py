@@ -60,8 +60,11 @@ def as_float64(probabilities):
 
 
 def head_scheme(scheme, head):
-    """The tasks a run's probabilities factor into: a multi head's, or one task of every class for a single head."""
-    return scheme if head == "multi" or len(scheme.tasks) == 1 else LabelScheme(scheme.name, {"class": scheme.classes})
+    """The tasks a run's probabilities factor into: a multi head's, or one task of every class for a single head
+    (each named by its tasks' names, "wear male <30": a class name holds no "/")."""
+    if head == "multi" or len(scheme.tasks) == 1:
+        return scheme
+    return LabelScheme(scheme.name, {"class": [name.replace("/", " ") for name in scheme.classes]})
 
 
 def normalise(values):
