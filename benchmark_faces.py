@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 import cli
@@ -111,13 +110,13 @@ def count_group_faces(variants, folder, min_score):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    torch.set_num_threads(1)  # milliseconds of one core, whatever the machine
     data_dir = Path(args.data_dir)
     variants = [parse_variant(text) for text in args.detectors]
     truth = true_boxes(data_dir)
     images = [decode_image(data_dir / path) for path in tqdm(truth["path"], desc="decoding", leave=False)]
-    table = pd.DataFrame([measure(name, size, images, truth, args.face_choice, args.min_iou)
-                          for name, size in variants])
+    with cli.torch_threads(1):  # milliseconds of one core, whatever the machine
+        table = pd.DataFrame([measure(name, size, images, truth, args.face_choice, args.min_iou)
+                              for name, size in variants])
     write_csv(table, Path(args.output or data_dir / "benchmark_faces.csv"))
     print(f"{len(images)} photos of {truth['person'].nunique()} people; found: the {args.face_choice} face overlaps "
           f"the true face by IoU >= {args.min_iou}")

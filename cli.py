@@ -5,6 +5,7 @@ flags both ways (`--batch_size`, `--batch-size`), takes paths from the competiti
 turns bad input into a single line on stderr with exit code 2 instead of a traceback.
 """
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -131,6 +132,19 @@ def check_values(parser, values, source):
                 raise UserError(f"{source}: {action.dest} is {item!r}, which is not what --{action.dest} takes")
             if action.choices is not None and item not in action.choices:
                 raise UserError(f"{source}: {action.dest} is {item!r}, not one of {', '.join(action.choices)}")
+
+
+@contextlib.contextmanager
+def torch_threads(count):
+    """torch's intra-op threads set to `count` inside the block (0: left as they are) and restored after it, so
+    that a script run inside another process (the tests run them so) leaves that process's thread count alone."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def first_line(error):

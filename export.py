@@ -306,17 +306,16 @@ def time_calls(runners, example, warmup, runs):
 def timing(eager, sessions, images, threads=1, warmup=10, latency_runs=100, batch_size=32, throughput_runs=5):
     """Batch-1 latency (median and p90, ms, over `latency_runs` after `warmup`) and images/s at `batch_size` (over
     `throughput_runs`) of eager and of every session (made on `threads` threads), on the uint8 `images`."""
-    torch.set_num_threads(threads)
-
     @torch.no_grad()
     def run_eager(images):
         return eager(images)
 
     runners = {"eager": run_eager, **{name: (lambda images, session=session: session.run(
         [OUTPUT_NAME], {INPUT_NAME: images.numpy()})) for name, session in sessions.items()}}
-    latency = time_calls(runners, images[:1], warmup, latency_runs)
     batch = images[:batch_size]
-    throughput = time_calls(runners, batch, min(warmup, 2), throughput_runs)
+    with cli.torch_threads(threads):
+        latency = time_calls(runners, images[:1], warmup, latency_runs)
+        throughput = time_calls(runners, batch, min(warmup, 2), throughput_runs)
     return {name: {"latency_ms": 1000 * statistics.median(latency[name]),
                    "latency_p90_ms": 1000 * float(np.percentile(latency[name], 90)),
                    "images_per_second": len(batch) / statistics.median(throughput[name])} for name in runners}

@@ -48,3 +48,4 @@ def test_every_import_runs_one_way():
     graph = local_imports()
     assert {"dataset", "faces", "photos", "inference", "evaluation", "submissions"} <= set(graph)
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+

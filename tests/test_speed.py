@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+import cli
 import dataset
 import optim
 import train
@@ -214,7 +215,14 @@ def test_last_pth_keeps_the_fp16_loss_scale_for_a_resume(tmp_path):
 
     interrupted = training(scale=1024.0)  # as fp16 training backs its scale off from 65536 after overflows
     progress = {"epoch": 1, "best_score": 0.5, "epochs_without_improvement": 0, "history": []}
-    train.save_epoch(tmp_path, args, interrupted, progress, {"val_f1": 0.5}, torch.zeros(2, NUM_CLASSES), True)
+    train.save_epoch(tmp_path, args, interrupted, progress, {"val_f1": 0.5}, torch.zeros(2, NUM_CLASSES), False)
     resumed = training(scale=65536.0)
     assert train.restore_progress(tmp_path / "last.pth", resumed) == progress
     assert resumed.scaler.get_scale() == 1024.0
+
+
+def test_a_script_run_in_process_leaves_torchs_thread_count_alone():
+    before = torch.get_num_threads()
+    with cli.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
