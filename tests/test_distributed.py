@@ -101,6 +101,7 @@ def distributed_run(sample_data, tmp_path_factory):
     return model_dir, result
 
 
+@pytest.mark.slow
 def test_torchrun_writes_exactly_one_run_directory(distributed_run):
     model_dir, result = distributed_run
     assert [path.name for path in model_dir.iterdir()] == ["exp"]
@@ -110,6 +111,7 @@ def test_torchrun_writes_exactly_one_run_directory(distributed_run):
     assert result.stdout.count("best val_f1") == 1  # rank 0 alone prints
 
 
+@pytest.mark.slow
 def test_distributed_validation_f1_equals_a_single_process_evaluation_of_best_pth(distributed_run):
     run = distributed_run[0] / "exp"
     args = train.resumed_args(run)  # the run's own arguments
@@ -126,6 +128,7 @@ def test_distributed_validation_f1_equals_a_single_process_evaluation_of_best_pt
     assert torch.allclose(probabilities, best["valid_probabilities"], atol=1e-6)  # every image, in order
 
 
+@pytest.mark.slow
 def test_torchrun_resumes_a_run_in_its_own_directory(distributed_run, tmp_path):
     run = tmp_path / "exp"
     shutil.copytree(distributed_run[0] / "exp", run)

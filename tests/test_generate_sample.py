@@ -1,15 +1,12 @@
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from conftest import assert_one_line_error, run_script
 from generate_sample import STEMS, draw_attributes, eval_image_name, generate, make_person
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FOLDER = re.compile(r"^(\d{6})_(male|female)_Asian_(\d+)$")
 
 
@@ -87,14 +84,9 @@ def test_ages_span_18_to_60_with_rare_60_plus():
 
 
 def test_refuses_to_overwrite_without_flag(tmp_path):
-    command = [sys.executable, str(REPO_ROOT / "generate_sample.py"), "--out", str(tmp_path),
-               "--people", "1", "--eval-people", "1"]
-    assert subprocess.run(command, capture_output=True, cwd=REPO_ROOT).returncode == 0
-
-    refused = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
-    assert refused.returncode == 2
-    assert len(refused.stderr.strip().splitlines()) == 1 and "--overwrite" in refused.stderr
-
-    replaced = subprocess.run(command + ["--overwrite", "--people", "2"], capture_output=True, cwd=REPO_ROOT)
+    command = ["--out", tmp_path, "--people", "1", "--eval-people", "1"]
+    assert run_script("generate_sample.py", *command).returncode == 0
+    assert_one_line_error(run_script("generate_sample.py", *command), "--overwrite")
+    replaced = run_script("generate_sample.py", *command, "--overwrite", "--people", "2")
     assert replaced.returncode == 0
     assert len(list((tmp_path / "train" / "images").iterdir())) == 2

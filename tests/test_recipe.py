@@ -275,6 +275,7 @@ def test_frozen_backbone_trains_only_the_head():
     assert changed == {"head.weight", "head.bias"}
 
 
+@pytest.mark.slow
 def test_fold_all_predicts_every_training_image_once_by_the_model_that_did_not_train_on_it(sample_data, tmp_path,
                                                                                           monkeypatch):
     images, folds_csv = sample_data / "train/images", tmp_path / "folds2.csv"

@@ -145,6 +145,7 @@ def test_photos_missing_from_images_are_a_one_line_error(sample_data, submission
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.slow
 def test_training_draws_curves_and_the_best_epochs_report(fold_all_run):
     run = fold_all_run[0]
     for fold_run in (run / "fold0", run / "fold1"):
@@ -161,6 +162,7 @@ def test_training_draws_curves_and_the_best_epochs_report(fold_all_run):
     assert mistakes["confidence"].is_monotonic_decreasing
 
 
+@pytest.mark.slow
 def test_each_epochs_confusion_matrix_goes_to_tensorboard(fold_all_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(next((fold_all_run[0] / "fold0").glob("events.out.tfevents*"))))
@@ -168,6 +170,7 @@ def test_each_epochs_confusion_matrix_goes_to_tensorboard(fold_all_run):
     assert [event.step for event in events.Images("confusion")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_compare_overlays_runs_of_different_lengths(fold_all_run, tmp_path):
     run = fold_all_run[0]
     short = tmp_path / "short"
@@ -182,12 +185,14 @@ def test_compare_overlays_runs_of_different_lengths(fold_all_run, tmp_path):
     assert short_line.split()[1:3] == ["1", "1"]  # one epoch, best epoch 1
 
 
+@pytest.mark.slow
 def test_compare_refuses_a_folder_that_is_not_a_run(fold_all_run, tmp_path):
     result = run_script("compare.py", fold_all_run[0], tmp_path, "--output", tmp_path / "compare.png")
     assert_one_line_error(result, "is not a run")
     assert not (tmp_path / "compare.png").exists()
 
 
+@pytest.mark.slow
 def test_oof_csv_is_an_ensemble_input_scoring_what_train_printed(fold_all_run, tmp_path):
     run, folds_csv, images, train_output = fold_all_run
     oof = pd.read_csv(run / "oof.csv")
@@ -202,6 +207,7 @@ def test_oof_csv_is_an_ensemble_input_scoring_what_train_printed(fold_all_run, t
     assert (answers.loc[oof["ImageID"]].to_numpy() == oof["predicted"].to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_ensemble_fold_all_refuses_a_folder_without_oof_csv(fold_all_run, tmp_path):
     run, folds_csv, images, _ = fold_all_run
     with pytest.raises(UserError, match="holds no oof.csv"):

@@ -10,6 +10,8 @@ import torch
 
 from conftest import REPO_ROOT, run_script
 
+pytestmark = pytest.mark.slow  # long end to end: `make test-fast` leaves it out
+
 TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "3", "--batch_size", "16", "--workers", "0",
             "--sampler", "weighted", "--cutmix", "0.5", "--ema", "0.9"]
 

@@ -16,8 +16,9 @@ import serve
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r "
                                                              "requirements.txt")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="no Chromium at /usr/bin/chromium: `make browser`"
-                                " installs Debian's (apt-get install chromium)")
+pytestmark = [pytest.mark.slow,  # a real browser: `make test-fast` leaves it out
+              pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="no Chromium at /usr/bin/chromium: `make "
+                                 "browser` installs Debian's (apt-get install chromium)")]
 # headless as root, and nothing reached for beyond the page's own server
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
