@@ -87,10 +87,22 @@ def read_runs(paths):
     return summaries, rows
 
 
+def short_names(paths):
+    """Each path's shortest tail of folders that tells it from the others: the legend's labels."""
+    parts = [Path(path).parts for path in paths]
+    for depth in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(part[-depth:]) for part in parts]
+        if len(set(names)) == len(names):
+            return dict(zip(paths, names))
+    return {path: path for path in paths}
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     summaries, rows = read_runs(args.runs)
-    reports.save_figure(reports.curves_figure(summaries), args.output)
+    labels = short_names(list(summaries))
+    reports.save_figure(reports.curves_figure({labels[path]: summary for path, summary in summaries.items()}),
+                        args.output)
     table = pd.DataFrame(rows).rename(columns=lambda name: name.removeprefix("val_")).fillna("")
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 200):
         print(table.to_string(index=False))

@@ -214,3 +214,8 @@ def test_ensemble_fold_all_refuses_a_folder_without_oof_csv(fold_all_run, tmp_pa
         run_main(ensemble, run / "fold0", "--fold", "all", "--csv", folds_csv, "--train_dir", images,
                  "--output_dir", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_labels_each_run_by_the_shortest_tail_that_tells_it_apart():
+    assert compare.short_names(["a/model/exp", "b/model/exp2"]) == {"a/model/exp": "exp", "b/model/exp2": "exp2"}
+    assert compare.short_names(["a/fold0", "b/fold0"]) == {"a/fold0": "a/fold0", "b/fold0": "b/fold0"}
