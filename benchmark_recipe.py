@@ -147,7 +147,8 @@ def train_and_score(work, data, name, flags, seed, env):
         work / f"{run_name}.inference.log")
     summary = pd.read_csv(work / "model" / run_name / "summary.csv")
     best = summary.loc[summary["val_f1"].idxmax()]
-    return {"variant": name, "seed": seed, **{f"eval_{key}": value for key, value in eval_metrics(data, output).items()},
+    metrics = eval_metrics(data, output)
+    return {"variant": name, "seed": seed, **{f"eval_{key}": value for key, value in metrics.items()},
             "val_f1": float(best["val_f1"]), "val_accuracy": float(best["val_accuracy"])}
 
 

@@ -41,7 +41,8 @@ NO_FACE_FOLDER = "no_face"
 TABLE = "faces.csv"
 JOURNAL, SETTINGS = ".crop_faces.journal", ".crop_faces.json"  # hidden: no photo of SRC can take these names
 DETECT_CHUNK = 256  # photos detected, cropped and journalled at a time: what a kill can cost
-SETTING_FLAGS = ("all_faces", "margin", "size", "min_score", "detector", "min_face_size")  # a resumed run must keep these
+# the flags a resumed run must keep
+SETTING_FLAGS = ("all_faces", "margin", "size", "min_score", "detector", "min_face_size")
 FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 COLUMNS = ["path", "face", "x1", "y1", "x2", "y2", "score", "crop"]
 
