@@ -342,8 +342,8 @@ class DecodedCache:
     paths, the size, the crop and the decoding: later epochs, runs and loader workers map the file (the OS page
     cache shares it) instead of decoding, and another crop or margin is another cache. A cache whose manifest no
     longer matches the photos is rebuilt. A build writes the pixels under a temporary name, moves them into place,
-    and only then writes the manifest: a build killed halfway leaves no cache that is used. `ram` builds the array in this process's memory
-    for this run alone (loader workers share it by fork).
+    and only then writes the manifest: a build killed halfway leaves no cache that is used. `ram` builds the array
+    in this process's memory for this run alone (loader workers share it by fork).
     """
 
     def __init__(self, paths, size, mode="disk", directory=None, regions=None, zoom=1.0):

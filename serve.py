@@ -19,8 +19,8 @@ checkpoint) or an exported .onnx file of export.py. Routes:
   face_detection; --detector and --min_face_size choose another). Per photo: its name and size, and per face (the
   --max_faces most confident at or over --min_score) its box in pixels, the detector's score, the label, its
   confidence and every class's probability; a photo without a face says so, and a run trained on whole photos or
-  a fixed box (--crop none or box) then classifies the photo whole, as it was trained. Each photo also says the batch it was detected in and that batch's
-  detection and classification times.
+  a fixed box (--crop none or box) then classifies the photo whole, as it was trained. Each photo also says the
+  batch it was detected in and that batch's detection and classification times.
 - GET /health: 200 once the model and the detector are loaded and warmed up, 503 before (or when loading failed).
 - GET /metadata: the label scheme, classes and their colours, input size and crop, the model file and its SHA-256.
 - GET /metrics: Prometheus text: requests by route and status, refusals and errors by reason, latency, batch sizes.
