@@ -3,6 +3,7 @@
     python benchmark.py                                   # resnet18 at 128x96, batch 64, 448 generated photos
     python benchmark.py --data_dir data/train/images --device cuda --workers 8 --steps 50
     python benchmark.py --device cuda --amp bf16 --channels_last          # the fast paths, training and inference
+    python benchmark.py --optimizer_loop --onnx_variants                   # the optimizer unfused: what fusing saves
     python benchmark.py --photos 32 --steps 2 --resize 64 48 --model test_resnet   # a smoke test: seconds
     python benchmark.py --serve model/mask_sunglasses --data_dir data/mask_sunglasses/eval --clients 4 --requests 2000
 
@@ -56,6 +57,7 @@ from dataset import NUM_CLASSES, ImageDataset, loader_options, open_cache
 from generate_sample import generate
 from exported import create_session
 from model import AMP_DTYPES, WithProbabilities, autocast, check_amp, create_model, place_model, to_memory_format
+from optim import create_optimizer
 from photos import IMAGE_EXTENSIONS, read_image
 
 PHOTOS_PER_PERSON = 7
@@ -84,6 +86,8 @@ def get_args_parser():
                  help="torch device")
     cli.add_flag(model, "amp", default="off", choices=list(AMP_DTYPES), help="mixed precision, as train.py's")
     cli.add_flag(model, "channels_last", action="store_true", help="channels-last format, as train.py's")
+    cli.add_flag(model, "optimizer_loop", action="store_true",
+                 help="step the optimizer parameter by parameter, not in train.py's fused kernel (what fusing saves)")
     onnx_group = parser.add_argument_group("onnx")
     cli.add_flag(onnx_group, "onnx_variants", nargs="*", default=["fp32", "int8"], choices=list(export.VARIANTS),
                  help="export.py's variants timed beside eager (none: skip)")
@@ -153,10 +157,11 @@ def images_per_second(loader, passes=2):
     return seen / (time.perf_counter() - started)
 
 
-def training_rate(model, batches, device, images, **step_options):
+def training_rate(model, batches, device, images, fused=True, **step_options):
     """Images/s of train.train_one_epoch over `batches` (a loader or a list) of `images` in all, with its
-    `step_options` (amp, channels_last, jitter), after one untimed warm-up step."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    `step_options` (amp, channels_last, jitter), after one untimed warm-up step; the optimizer train.py's default,
+    stepping every parameter in one fused kernel unless not `fused`."""
+    optimizer = create_optimizer(train.parse_args(["--device", device.type]), model.parameters(), fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     criterion = torch.nn.CrossEntropyLoss()
     train.train_one_epoch(model, [next(iter(batches))], criterion, optimizer, scheduler, device, 0, **step_options)
@@ -229,7 +234,7 @@ def compare_training(args, dataset, device):
     loader = DataLoader(dataset, args.batch_size, sampler=sampler, drop_last=True,
                         **loader_options(args.workers, device, persistent=True))
     images, jitter = args.steps * args.batch_size, create_batch_jitter(args.augmentation)
-    fast_paths = {"amp": args.amp, "channels_last": args.channels_last}
+    fast_paths = {"amp": args.amp, "channels_last": args.channels_last, "fused": not args.optimizer_loop}
     rates = [(training_rate(model, in_memory, device, images, **fast_paths),
               training_rate(model, loader, device, images, jitter=jitter, **fast_paths)) for _ in range(ROUNDS)]
     model_only, end_to_end = (max(rate) for rate in zip(*rates))

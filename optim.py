@@ -31,15 +31,16 @@ def parameter_groups(model, lr, backbone_lr):
             {"params": [parameter for parameter in model.parameters() if id(parameter) not in mine], "lr": lr}]
 
 
-def create_optimizer(args, parameters):
+def create_optimizer(args, parameters, fused=True):
     """The --optimizer over `parameters` (or parameter_groups, each with its own lr) with --lr, --weight_decay and
     (sgd, sgdp) --momentum. torch's optimizers
     update every parameter in one fused kernel where the device has one, else with its multi-tensor (foreach)
-    kernels: on a CPU torch would otherwise loop over the parameters one by one. adamp's loop over them always."""
+    kernels (unless not `fused`): on a CPU torch would otherwise loop over the parameters one by one. adamp's loop
+    over them always."""
     options = {"lr": args.lr, "weight_decay": args.weight_decay}
     if args.optimizer in ("sgd", "sgdp"):
         options["momentum"] = args.momentum
-    if args.optimizer in FUSED:
+    if fused and args.optimizer in FUSED:
         options["fused" if torch.device(args.device).type in FUSED_DEVICES else "foreach"] = True
     return OPTIMIZERS[args.optimizer](parameters, **options)
 

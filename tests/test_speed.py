@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+import benchmark
 import cli
 import dataset
-import optim
 import train
 from augmentation import BatchMixer, create_transform, decode_size
 from cli import UserError
@@ -157,6 +157,20 @@ def test_benchmark_ends_with_two_numbers():
     assert re.fullmatch(r"loader_speedup \d+\.\d+ e2e_ratio \d+\.\d+", result.stdout.strip().splitlines()[-1])
 
 
+def test_benchmark_optimizer_loop_times_the_unfused_optimizer(monkeypatch):
+    created = []
+
+    def recording(args, parameters, fused=True):
+        optimizer = create_optimizer(args, parameters, fused)
+        created.append(optimizer.defaults.get("foreach") or optimizer.defaults.get("fused") or False)
+        return optimizer
+
+    monkeypatch.setattr(benchmark, "create_optimizer", recording)
+    benchmark.main(["--photos", "16", "--steps", "1", "--resize", "32", "32", "--model", "test_resnet",
+                    "--batch_size", "8", "--workers", "0", "--onnx_variants", "--optimizer_loop"])
+    assert created and not any(created)
+
+
 def test_validation_runs_under_the_training_autocast_and_memory_format():
     seen = []
 
@@ -180,7 +194,7 @@ def test_validation_runs_under_the_training_autocast_and_memory_format():
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "sgdp", "adamp"])
-def test_torchs_optimizers_update_in_one_fused_kernel_and_match_the_loop(name, monkeypatch):
+def test_torchs_optimizers_update_in_one_fused_kernel_and_match_the_loop(name):
     args = train.parse_args([*TINY, "--optimizer", name, "--device", "cpu"])
     torch.manual_seed(0)
     model = MaskClassifier("test_resnet", "single", COMPETITION)
@@ -188,8 +202,7 @@ def test_torchs_optimizers_update_in_one_fused_kernel_and_match_the_loop(name, m
     assert optimizer.defaults.get("fused", False) is (name in ("sgd", "adam", "adamw"))
     looped_model = MaskClassifier("test_resnet", "single", COMPETITION)
     looped_model.load_state_dict(model.state_dict())
-    monkeypatch.setattr(optim, "FUSED", ())  # torch's loop over the parameters, one by one
-    looped = create_optimizer(args, looped_model.parameters())
+    looped = create_optimizer(args, looped_model.parameters(), fused=False)  # torch's loop, parameter by parameter
     assert not looped.defaults.get("fused") and not looped.defaults.get("foreach")
     images, targets = torch.randint(0, 256, (4, 3, 64, 48), dtype=torch.uint8), torch.tensor([0, 5, 9, 17])
     for network, step in ((model, optimizer), (looped_model, looped)):
