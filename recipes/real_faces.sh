@@ -8,7 +8,7 @@
 #
 # Steps: real_assets.py fetches the photos (insightface's t1, face-api's group photos, the astronaut) and
 # torchvision's ImageNet MobileNetV2 body (inside the mask-recognition wheel); mask_faces.py renders the sets
-# (27 people, 9 held out, the same in every set); benchmark_faces.py measures the detectors per class;
+# (28 people, 9 held out, the same in every set); benchmark_faces.py measures the detectors per class;
 # benchmark_recipe.py trains ResNet-18 and MobileNetV2 from scratch and MobileNetV2 from the ImageNet weights,
 # 8 epochs at 128x128, and scores the held-out people; compare.py draws their curves.
 set -euo pipefail
