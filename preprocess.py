@@ -51,7 +51,7 @@ from dataset import (COMPETITION, GENDER_BY_NAME, MASK_BY_STEM, MAX_AGE, MIN_AGE
                      age_band, encode_label, parse_person_folder)
 from faces import FACE_DETECTOR_COLUMN, add_detection_flags, detection_of, find_boxes, report_detection, \
     report_found_rates
-from fileio import read_csv, write_csv
+from fileio import is_utf8, read_csv, shown, write_csv
 from photos import IMAGE_EXTENSIONS, decode_image
 
 TRAIN_CSV_COLUMNS = ("id", "gender", "race", "age", "path")
@@ -167,12 +167,12 @@ def scan(data_dir):
 def report_problems(problems, data_dir, skip_bad):
     if not problems:
         return
-    shown = "; ".join(problems[:SHOWN_PROBLEMS])
+    listed = "; ".join(shown(problem) for problem in problems[:SHOWN_PROBLEMS])
     more = f" (and {len(problems) - SHOWN_PROBLEMS} more)" if len(problems) > SHOWN_PROBLEMS else ""
     if not skip_bad:
-        raise cli.UserError(f"{len(problems)} problem(s) in {data_dir}: {shown}{more}; "
+        raise cli.UserError(f"{len(problems)} problem(s) in {data_dir}: {listed}{more}; "
                             "fix them or pass --skip_bad to skip them")
-    print(f"skipped {len(problems)} problem(s): {shown}{more}")
+    print(f"skipped {len(problems)} problem(s): {listed}{more}")
 
 
 def set_person_value(frame, rows, column, value):
@@ -305,7 +305,9 @@ def scan_class_folders(data_dir, group_regex=None):
         for photo in photos:
             relative = str(photo.relative_to(data_dir))
             group = relative if pattern is None else subject_of(photo.name, pattern)
-            if group is None:
+            if not is_utf8(relative):
+                problems.append(f"{relative}: its name is not UTF-8, as the folds CSV must be: rename it")
+            elif group is None:
                 problems.append(f"{relative}: --group_regex finds no subject in the file name")
             elif not photo_decodes(photo):
                 problems.append(f"{relative}: the photo does not decode (corrupt or truncated)")

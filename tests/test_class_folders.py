@@ -95,6 +95,21 @@ def test_preprocess_refuses_a_single_class_and_counts_bad_files(tmp_path):
     assert ".DS_Store" not in result.stderr
 
 
+def test_preprocess_names_a_file_name_that_is_not_utf8_and_skips_it_on_request(tmp_path):
+    generate_classes(tmp_path, "mask", people=4, eval_people=0)
+    photo = next((tmp_path / "train/mask").iterdir())
+    undecodable = photo.with_name(os.fsdecode(b"caf\xe9_" + os.fsencode(photo.name)))
+    shutil.copy(photo, undecodable)
+    result = run("preprocess.py", "--data_dir", tmp_path / "train", "--faces", "off", "--kfold", "2")
+    assert_one_line_error(result, "1 problem(s)")
+    assert f"mask/caf\\xe9_{photo.name}: its name is not UTF-8" in result.stderr
+    result = run("preprocess.py", "--data_dir", tmp_path / "train", "--faces", "off", "--kfold", "2", "--skip_bad")
+    assert result.returncode == 0, result.stderr[-2000:]
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    assert len(folds) == sum(1 for path in (tmp_path / "train").rglob("*.jpg")) - 1
+    assert photo.name in set(folds["path"].map(os.path.basename))
+
+
 
 def photos(folder, count):
     folder.mkdir(parents=True, exist_ok=True)
