@@ -14,7 +14,6 @@ def test_small_model_reaches_mask_f1_of_0_9(tmp_path):
     assert run_script("preprocess.py", "--data_dir", images).returncode == 0
     result = run_script("train.py", "--data_dir", images, "--model_dir", tmp_path / "model", "--task", "mask",
                         "--model", "test_resnet", "--augmentation", "BaseAugmentation", "--epochs", "12",
-                        "--resize", "64", "48",
                         "--batch_size", "16", "--lr", "3e-3", "--scheduler", "onecycle")
     assert result.returncode == 0, result.stderr[-2000:]
     summary = pd.read_csv(tmp_path / "model/exp/summary.csv")
