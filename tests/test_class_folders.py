@@ -110,7 +110,6 @@ def test_preprocess_names_a_file_name_that_is_not_utf8_and_skips_it_on_request(t
     assert photo.name in set(folds["path"].map(os.path.basename))
 
 
-
 def photos(folder, count):
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
