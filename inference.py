@@ -309,7 +309,8 @@ def read_eval_set(eval_dir):
     paths = [cli.inside(image_dir, image_id, str(info_path)) for image_id in info["ImageID"]]
     absent = [image_id for image_id, path in zip(info["ImageID"], paths) if not path.is_file()]
     if absent:
-        raise cli.UserError(f"{len(absent)} images named in {info_path} are not in {image_dir} (first: {absent[0]})")
+        raise cli.UserError(f"{len(absent)} images named in {info_path} are not in {image_dir} "
+                            f"(first: {absent[0]!r})")
     return info, paths
 
 

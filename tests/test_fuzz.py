@@ -131,6 +131,7 @@ IMAGE_IDS = st.one_of(CELLS, st.sampled_from(["REAL", "REAL", "images/../REAL", 
 @given(text=st.one_of(table(["ImageID", "ans"]), st.text(max_size=40)),
        image_ids=st.lists(IMAGE_IDS, min_size=1, max_size=3), well_formed=st.booleans())
 @example(text="", image_ids=["\x00"], well_formed=True)  # found by this test: a NUL byte broke path resolution
+@example(text="", image_ids=['"', '"'], well_formed=True)  # and a quoted ImageID holding a line break
 def test_info_csv_gives_images_inside_the_folder_or_one_line(eval_dir, text, image_ids, well_formed):
     if well_formed:  # the header and ImageIDs real, absent, or out of the folder in every spelling
         real = next((eval_dir / "images").iterdir()).name
