@@ -45,11 +45,11 @@ browser:
 # -n auto: the tests spread over the cores (pytest-xdist); the 20 slowest are listed at the end
 test: setup browser
 	$(BIN)/python real_assets.py
-	$(BIN)/python -m pytest tests -q -n auto --durations=20
+	$(BIN)/python -m pytest tests -q -n auto --dist loadfile --durations=20
 
 test-fast: setup
 	$(BIN)/python real_assets.py
-	$(BIN)/python -m pytest tests -q -n auto -m "not slow"
+	$(BIN)/python -m pytest tests -q -n auto --dist loadfile -m "not slow"
 
 clean:
 	rm -rf $(DATA) model output

@@ -37,7 +37,7 @@ TITLE_CHARACTERS = 34  # of a photo's path above its tile: the end, which names 
 def save_figure(figure, path):
     """Writes the figure as a PNG atomically and frees it."""
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=DPI, bbox_inches="tight", pil_kwargs={"optimize": True})
+        figure.savefig(temporary, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(figure)
 
 

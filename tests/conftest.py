@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from filelock import FileLock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,16 @@ sys.path.insert(0, str(REPO_ROOT))
 import cli  # noqa: E402
 import real_assets  # noqa: E402
 from generate_sample import generate  # noqa: E402
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker gets its share of the cores for torch's threads and its children's OpenMP:
+    two workers of two threads each on two cores spend their time waiting on one another."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
 
 TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
                  "--workers", "0"]

@@ -12,14 +12,11 @@ import inference
 import preprocess as preprocess_script
 import train
 from cli import UserError
-from conftest import assert_one_line_error, run_script
+from conftest import TINY_TRAINING, assert_one_line_error, run_script
 from dataset import load_folds
 from generate_sample import generate
 from inference import load_run, read_eval_set
 from submissions import read_labels
-
-TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
-                 "--workers", "0"]
 
 
 @pytest.fixture
@@ -119,19 +116,10 @@ def test_preprocess_needs_a_complete_train_csv(data, content, message):
     assert_one_line_error(preprocess(data), message)
 
 
-@pytest.fixture(scope="module")
-def trained_once(sample_data, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("model")
-    result = run_script("train.py", "--data_dir", sample_data / "train/images", "--model_dir", model_dir,
-                        *TINY_TRAINING)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return model_dir / "exp"
-
-
 @pytest.fixture
-def trained(trained_once, tmp_path):
-    """A private copy of a trained run, free to damage."""
-    return shutil.copytree(trained_once, tmp_path / "model/exp")
+def trained(trained_run, tmp_path):
+    """A private copy of the shared tiny run, free to damage."""
+    return shutil.copytree(trained_run, tmp_path / "model/exp")
 
 
 def infer(eval_dir, run_dir, output_dir):

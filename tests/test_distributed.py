@@ -16,15 +16,13 @@ import torch
 
 import train
 from augmentation import BatchMixer, create_batch_jitter
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TINY_TRAINING
 from dataset import COMPETITION, NUM_CLASSES, ImageDataset, SeededSampler, create_sampler, load_folds
 from distributed import ShardSampler, shard
 from fileio import load_checkpoint
 from loss import create_training_criterion
 from model import create_model, load_weights
 
-TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
-                 "--workers", "0"]
 WORLD_SIZE = 2
 
 

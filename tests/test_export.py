@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 
-from cli import UserError
 from conftest import QUICK_EXPORT, assert_one_line_error, run_script
 from dataset import COMPETITION
 from export import VARIANTS, check_variant, gate

@@ -14,7 +14,6 @@ import onnx
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 import crop_faces
 import export

@@ -9,7 +9,7 @@ from PIL import ImageOps
 
 from augmentation import create_transform
 from cli import UserError
-from conftest import assert_one_line_error, run_script
+from conftest import TINY_TRAINING, assert_one_line_error, run_script
 from dataset import compose_probabilities, encode_label, task_marginals
 from ensemble import hard_vote, soft_vote
 from inference import load_run
@@ -17,8 +17,6 @@ from inference_tta import VIEWS, parse_views, predict_views
 from photos import read_image
 from submissions import read_probabilities, write_probabilities
 
-TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
-                 "--workers", "0"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models gain nothing from threads that wait on a busy machine
 FOLD_SCORE = re.compile(r"^fold 0 \(28 images\): f1 (\d\.\d{4}) ", re.MULTILINE)
 

@@ -2,9 +2,10 @@ import os
 
 import pytest
 import torch
+from huggingface_hub import constants as hub_constants
 
 from cli import UserError
-from conftest import assert_one_line_error, run_process
+from conftest import assert_one_line_error, run_script
 from dataset import COMPETITION, NUM_CLASSES, decode_label, folder_scheme, target_scheme
 from model import MaskClassifier, create_backbone, logits_to_probabilities, resolve_library
 
@@ -91,10 +92,11 @@ def test_a_weights_file_of_another_network_is_refused_in_one_line(imagenet_mobil
         create_backbone("test_resnet", pretrained_path=imagenet_mobilenet_v2)
 
 
-def test_pretrained_offline_fails_with_a_one_line_hint(sample_data, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "empty_cache"),
-           "HF_HOME": str(tmp_path / "empty_hf")}
-    # a process of its own: the hub reads HF_HUB_OFFLINE when it is imported
-    result = run_process("train.py", "--data_dir", sample_data / "train/images", "--model_dir", tmp_path,
-                         "--model", "resnet18", "--pretrained", "--epochs", "1", env=env)
+def test_pretrained_offline_fails_with_a_one_line_hint(sample_data, tmp_path, monkeypatch):
+    # the hub offline with empty caches, as HF_HUB_OFFLINE=1 HF_HOME=empty make it when it is imported
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty_hf"))
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "empty_cache")}
+    result = run_script("train.py", "--data_dir", sample_data / "train/images", "--model_dir", tmp_path,
+                        "--model", "resnet18", "--pretrained", "--epochs", "1", env=env)
     assert_one_line_error(result, "--pretrained_path")

@@ -5,10 +5,7 @@ import os
 import pandas as pd
 import pytest
 
-from conftest import run_script
-
-TINY_TRAINING = ["--model", "test_resnet", "--resize", "64", "48", "--epochs", "1", "--batch_size", "16",
-                 "--workers", "0"]
+from conftest import TINY_TRAINING, run_script
 
 
 @pytest.fixture(scope="module")
