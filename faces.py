@@ -13,8 +13,10 @@ width and height on each side is the region the model sees (crop_regions); photo
 output's aspect ratio and to the photo, and photos.decode_image cuts that box out and resizes it.
 """
 import contextlib
+import ctypes
 import multiprocessing
 import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -45,6 +47,7 @@ FOUND_RATE_GAP = 0.05  # faces found this much more often for one class than ano
 MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)  # facenet-pytorch's defaults
 YUNET_MIN_SCORE = 0.35  # under yuface's 0.5: finds a fifth more faces under a mask and sunglasses (benchmark_faces.py)
 YUNET_SIDE = 960  # yuface warns that larger photos degrade its detection
+YUNET_BUFFER_BYTES = 0x9000  # libfacedetection's result buffer (its DETECT_BUFFER_SIZE)
 DETECT_CHUNK = 8  # photos per task on the CPU: keeps the progress bar moving
 GPU_BATCH = 32
 WHOLE_PHOTO = (0.0, 0.0, 1.0, 1.0)
@@ -95,7 +98,14 @@ class YunetDetector:
         except ImportError:
             raise UserError("the yunet detector needs the yuface package (pip install yuface; wheels for Linux and "
                             "Windows): install it, or use --detector mtcnn") from None
-        self.yuface, self.min_face_size, self.min_score = yuface, min_face_size, min_score
+        # libfacedetection's own entry point, facedetect_cnn(result buffer, BGR pixels, width, height, step), called
+        # with a buffer Python owns: yuface's binding mallocs its 36 KB result buffer on every call and never frees
+        # it (the server grew by 36 KB a photo); the results are the same
+        library = ctypes.CDLL(str(Path(yuface.__file__).parent / "libfacedetection.so"))
+        self.facedetect_cnn = library["_Z14facedetect_cnnPhS_iii"]  # its C++ name: int *(uchar *, uchar *, int x 3)
+        self.facedetect_cnn.restype = ctypes.POINTER(ctypes.c_int)
+        self.facedetect_cnn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self.min_face_size, self.min_score = min_face_size, min_score
 
     def detect(self, images):
         return [self.detect_one(image) for image in images]
@@ -107,11 +117,21 @@ class YunetDetector:
             image = np.asarray(Image.fromarray(image).resize((round(width * reduce), round(height * reduce)),
                                                              Image.Resampling.BILINEAR))
         shown = np.array(image.shape[1::-1], dtype=float)
-        scores, boxes, landmarks = self.yuface.detect(np.ascontiguousarray(image[:, :, ::-1]), self.min_score)  # BGR
-        boxes, scores = boxes.astype(float).reshape(-1, 2, 2), scores.astype(float) / 100
+        found = self.yunet(np.ascontiguousarray(image[:, :, ::-1]))  # BGR
+        found = found[found[:, 0] > self.min_score * 100]
+        scores, boxes, landmarks = found[:, 0] / 100, found[:, 1:5].reshape(-1, 2, 2), found[:, 5:15]
         boxes[:, 1] += boxes[:, 0]  # (x, y, width, height) -> corners
         large = (boxes[:, 1] - boxes[:, 0]).min(axis=1) >= self.min_face_size * reduce
-        return faces_of(boxes[large] / shown, scores[large], landmarks[large].astype(float).reshape(-1, 5, 2) / shown)
+        return faces_of(boxes[large] / shown, scores[large], landmarks[large].reshape(-1, 5, 2) / shown)
+
+    def yunet(self, bgr):
+        """(N, 16) floats, a row per face: score (0-100), x, y, width, height, the five landmarks' x, y, and a pad."""
+        height, width = bgr.shape[:2]
+        buffer = np.empty(YUNET_BUFFER_BYTES, np.uint8)  # one per call: the server's batch threads share a detector
+        results = self.facedetect_cnn(buffer.ctypes.data, bgr.ctypes.data, width, height, width * 3)
+        count = results[0] if results else 0
+        rows = buffer[ctypes.sizeof(ctypes.c_int):].view(np.int16)[:count * 16]  # after the count, 16 shorts a face
+        return rows.reshape(count, 16).astype(float)
 
 
 class FallbackDetector:

@@ -15,8 +15,8 @@ import train
 from cli import UserError
 from conftest import assert_one_line_error, run_script
 from dataset import ImageDataset, load_folds, open_cache
-from faces import (BOX_COLUMNS, FACE_DETECTOR_COLUMN, SCORE_COLUMN, Detection, box_frame, choose_face, crop_regions,
-                   detect_faces, grow, report_found_rates)
+from faces import (BOX_COLUMNS, FACE_DETECTOR_COLUMN, SCORE_COLUMN, Detection, YunetDetector, box_frame, choose_face,
+                   crop_regions, detect_faces, grow, report_found_rates)
 from inference import FaceBoxes, get_args_parser as inference_args_parser
 from photos import crop_box_pixels, decode_image
 
@@ -45,6 +45,27 @@ def test_each_detector_finds_the_face_and_landmarks_of_a_real_portrait(portrait,
     assert all(x1 < x < x2 and y1 < y < y2 for x, y in landmarks)
     assert left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0]
     assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
+
+
+def resident_kib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def test_yunet_answers_as_yuface_and_keeps_no_memory_per_photo():
+    yuface = pytest.importorskip("yuface", reason="the yunet detector's package (yuface) is not installed")
+    detector = YunetDetector()
+    bgr = np.ascontiguousarray(astronaut()[:, 200:, ::-1])  # the face cut by the left edge: x < 0
+    scores, boxes, landmarks = yuface.detect(bgr, 0.0)
+    found = detector.yunet(bgr)
+    np.testing.assert_array_equal(found[:, :15], np.concatenate([scores[:, None], boxes, landmarks], axis=1))
+    assert len(found) and found[0, 1] < 0
+    small = np.ascontiguousarray(bgr[::8, ::8])
+    detector.yunet(small)
+    before = resident_kib()
+    for _ in range(2000):  # yuface's own binding keeps 36 KB of each call: tens of MB
+        detector.yunet(small)
+    assert resident_kib() - before < 4096
 
 
 def test_a_photo_without_a_face_has_none(tmp_path):
