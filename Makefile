@@ -42,7 +42,8 @@ browser:
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } \
 		|| echo "chromium is not installed: tests/test_serve_browser.py will be skipped"
 
-# -n auto: the tests spread over the cores (pytest-xdist); the 20 slowest are listed at the end
+# -n auto: the tests spread over the cores (pytest-xdist), a module's tests on one worker (--dist loadfile: its
+# fixtures are built once); the 20 slowest are listed at the end
 test: setup browser
 	$(BIN)/python real_assets.py
 	$(BIN)/python -m pytest tests -q -n auto --dist loadfile --durations=20
