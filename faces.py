@@ -48,6 +48,9 @@ MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)  # facenet-pytorch's defaults
 YUNET_MIN_SCORE = 0.35  # under yuface's 0.5: finds a fifth more faces under a mask and sunglasses (benchmark_faces.py)
 YUNET_SIDE = 960  # yuface warns that larger photos degrade its detection
 YUNET_BUFFER_BYTES = 0x9000  # libfacedetection's result buffer (its DETECT_BUFFER_SIZE)
+YUFACE = "yuface==2023.5.1"  # the wheels whose libfacedetection these names are read from (requirements.txt)
+YUNET_LIBRARIES = ("libfacedetection.so", "facedetection.dll")  # in the yuface wheels for Linux and for Windows
+YUNET_SYMBOLS = ("_Z14facedetect_cnnPhS_iii", "?facedetect_cnn@@YAPEAHPEAE0HHH@Z")  # its C++ name by GCC, by MSVC
 DETECT_CHUNK = 8  # photos per task on the CPU: keeps the progress bar moving
 GPU_BATCH = 32
 WHOLE_PHOTO = (0.0, 0.0, 1.0, 1.0)
@@ -88,6 +91,25 @@ class MtcnnDetector:
         return found
 
 
+def facedetect_cnn(folder):
+    """libfacedetection's `int *facedetect_cnn(uchar *result, uchar *bgr, int width, int height, int step)`, from the
+    library the yuface wheel ships in `folder` (Linux's or Windows')."""
+    for name in YUNET_LIBRARIES:
+        if (folder / name).is_file():
+            try:
+                library = ctypes.CDLL(str(folder / name))
+            except OSError as error:
+                raise UserError(f"the yunet detector cannot load {folder / name} ({error}): reinstall yuface "
+                                f"(pip install {YUFACE}), or use --detector mtcnn") from None
+            function = next((library[symbol] for symbol in YUNET_SYMBOLS if hasattr(library, symbol)), None)
+            if function is not None:
+                function.restype = ctypes.POINTER(ctypes.c_int)
+                function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+                return function
+    raise UserError(f"the yunet detector found no libfacedetection with facedetect_cnn in {folder}: reinstall yuface "
+                    f"(pip install {YUFACE}), or use --detector mtcnn")
+
+
 class YunetDetector:
     """YuNet, the CNN of libfacedetection (BSD), compiled into the yuface wheel: boxes and five landmarks, one photo
     at a time on the CPU. Photos larger than YUNET_SIDE are seen reduced to it, as yuface advises."""
@@ -101,10 +123,7 @@ class YunetDetector:
         # libfacedetection's own entry point, facedetect_cnn(result buffer, BGR pixels, width, height, step), called
         # with a buffer Python owns: yuface's binding mallocs its 36 KB result buffer on every call and never frees
         # it (the server grew by 36 KB a photo); the results are the same
-        library = ctypes.CDLL(str(Path(yuface.__file__).parent / "libfacedetection.so"))
-        self.facedetect_cnn = library["_Z14facedetect_cnnPhS_iii"]  # its C++ name: int *(uchar *, uchar *, int x 3)
-        self.facedetect_cnn.restype = ctypes.POINTER(ctypes.c_int)
-        self.facedetect_cnn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self.facedetect_cnn = facedetect_cnn(Path(yuface.__file__).parent)
         self.min_face_size, self.min_score = min_face_size, min_score
 
     def detect(self, images):

@@ -16,7 +16,7 @@ from cli import UserError
 from conftest import assert_one_line_error, run_script
 from dataset import ImageDataset, load_folds, open_cache
 from faces import (BOX_COLUMNS, FACE_DETECTOR_COLUMN, SCORE_COLUMN, Detection, YunetDetector, box_frame, choose_face,
-                   crop_regions, detect_faces, grow, report_found_rates)
+                   crop_regions, detect_faces, facedetect_cnn, grow, report_found_rates)
 from inference import FaceBoxes, get_args_parser as inference_args_parser
 from photos import crop_box_pixels, decode_image
 
@@ -66,6 +66,14 @@ def test_yunet_answers_as_yuface_and_keeps_no_memory_per_photo():
     for _ in range(2000):  # yuface's own binding keeps 36 KB of each call: tens of MB
         detector.yunet(small)
     assert resident_kib() - before < 4096
+
+
+def test_a_yuface_without_a_working_library_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="found no libfacedetection with facedetect_cnn in"):
+        facedetect_cnn(tmp_path)
+    (tmp_path / "libfacedetection.so").write_bytes(b"not a library")
+    with pytest.raises(UserError, match="cannot load .*libfacedetection.so"):
+        facedetect_cnn(tmp_path)
 
 
 def test_a_photo_without_a_face_has_none(tmp_path):
