@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data
 DEMO_RUN ?= model/demo
-DEMO_TRAINING ?= --epochs 6  # train.py's defaults (docs/defaults.md), two epochs fewer: the demo in under 3 minutes
+DEMO_TRAINING ?= --epochs 5  # train.py's defaults (docs/defaults.md), three epochs fewer: the demo in under 3 minutes
 
 .PHONY: demo test test-fast pictures setup browser clean
 
