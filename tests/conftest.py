@@ -26,6 +26,7 @@ import cli  # noqa: E402
 import real_assets  # noqa: E402
 from generate_sample import generate  # noqa: E402
 
+
 def pytest_configure(config):
     """Under pytest-xdist, each worker gets its share of the cores for torch's threads and its children's OpenMP:
     two workers of two threads each on two cores spend their time waiting on one another."""
