@@ -267,26 +267,28 @@ def describe_weights(task_log_weights, scheme):
 
 
 class HeldOut:
-    """Held-out predictions (N, C), as adjusted, and their labels."""
+    """Held-out predictions (N, C), as adjusted, their labels, and what they are when not one run's own (the runs of
+    a --fold all parent together), which names them in the printed lines."""
 
-    def __init__(self, probabilities, labels):
-        self.probabilities, self.labels = as_float64(probabilities), np.asarray(labels)
+    def __init__(self, probabilities, labels, source=None):
+        self.probabilities, self.labels, self.source = as_float64(probabilities), np.asarray(labels), source
 
 
 class Adjuster:
     """Adjusts each run's eval probabilities as the flags ask, and then decides the answers of their mean.
 
     `adjust` takes one run's eval probabilities with what they are fitted on: its held-out predictions and their
-    labels (or a sentence saying why there are none), the prior it was trained under (or None) and its head. It
-    calibrates, adapts the prior, prints one line of what it did and could not do, and returns the adjusted
-    probabilities; it keeps the calibrated eval and held-out probabilities before the prior's re-weighting, which
-    the decision starts from (it answers as if every class were equally likely, whatever the eval mix). `decide`
-    fits the decision weights on every run's held-out predictions (or on `oof`, a HeldOut read from --oof) and
-    returns the answers, or None for argmax. `raw` collects each run's unadjusted probabilities (--keep_raw)."""
+    labels, with their source where they are not the run's alone (or a sentence saying why there are none), the
+    prior it was trained under (or None) and its head. It calibrates, adapts the prior, prints one line of what it
+    did and could not do, and returns the adjusted probabilities; it keeps the calibrated eval and held-out
+    probabilities before the prior's re-weighting, which the decision starts from (it answers as if every class were
+    equally likely, whatever the eval mix). `decide` fits the decision weights on the held-out predictions of every
+    run or source, each once (or on `oof`, a HeldOut read from --oof), and returns the answers, or None for argmax.
+    `raw` collects each run's unadjusted probabilities (--keep_raw)."""
 
     def __init__(self, calibrate=False, adapt_prior="none", decision="argmax", oof=None):
         self.calibrate, self.adapt_prior, self.decision, self.oof = calibrate, adapt_prior, decision, oof
-        self.held_out, self.raw, self.calibrated = [], [], []
+        self.held_out, self.raw, self.calibrated = {}, [], []
 
     @property
     def active(self):
@@ -303,8 +305,8 @@ class Adjuster:
         if valid is not None and (self.calibrate or self.adapt_prior != "none"):  # EM and BBSE want calibration
             adjusted = self.apply_temperatures(scheme, head, adjusted, valid, done)
         self.calibrated.append(adjusted)
-        if valid is not None:
-            self.held_out.append(HeldOut(valid.probabilities, valid.labels))
+        if valid is not None:  # the fold runs of one --fold all parent share theirs: the decision counts it once
+            self.held_out[valid.source or name] = HeldOut(valid.probabilities, valid.labels)
         if self.adapt_prior != "none":
             adjusted = self.adapt(scheme, head, adjusted, valid, training_prior, done, missing)
         if valid is None and self.decision != "argmax" and self.oof is None:
@@ -322,7 +324,7 @@ class Adjuster:
         valid.probabilities = apply_temperatures(valid.probabilities, temperatures, tasks)
         done.append(f"temperature {', '.join(f'{task} {t:.2f}' for task, t in zip(tasks.tasks, temperatures))} "
                     f"(validation NLL {before:.3f} -> {log_likelihood_loss(valid.probabilities, valid.labels):.3f} "
-                    f"on {len(valid.labels)} photos)")
+                    f"on {len(valid.labels)} photos{f' of {valid.source}' if valid.source else ''})")
         return apply_temperatures(adjusted, temperatures, tasks)
 
     def adapt(self, scheme, head, adjusted, valid, training_prior, done, missing):
@@ -359,7 +361,7 @@ class Adjuster:
             return None
         if probabilities is None:
             probabilities = torch.stack(self.calibrated).mean(dim=0)
-        sets = [self.oof] if self.oof is not None else self.held_out
+        sets = [self.oof] if self.oof is not None else list(self.held_out.values())
         if not sets:
             print("decision: argmax (no held-out predictions to fit the macro-F1 weights on)")
             return None

@@ -8,6 +8,7 @@ held-out people: the face crop against none by default.
         --variant "scratch=--model torchvision:mobilenet_v2" \
         --variant "imagenet=--model torchvision:mobilenet_v2 --pretrained_path ~/.cache/maskcls/weights/mobilenet_v2.pth"
     nice python benchmark_recipe.py --adaptation --out bench/adaptation   # inference's adjustments (adaptation.py)
+    nice python benchmark_recipe.py --adaptation --fold_all --methods argmax "calibrated + F1 decision" --out bench/kfold
 
 Without --data_dir it generates the sample set once (training people and a held-out eval set with more old people
 and more men, as the real one); with it, it takes DIR/train and DIR/eval, class folders of other people each, whose
@@ -25,7 +26,8 @@ with every seed, each run predicted by inference.py with every method of ADAPTAT
 (`--shifted_mix`: shares of 60+ and of men) and one drawn like training. Prints the macro F1 and the expected
 calibration error (15 bins) of each method on each set, mean and spread over seeds, then the share of answers
 that are 60+ and male. A data set or run already in --out is reused, so a second call re-measures the methods
-without training again.
+without training again. `--fold_all` trains each seed with `--fold all` instead (five fold runs, predicted together
+and calibrated on all their validation folds); `--methods` measures some of the methods only.
 """
 import json
 import os
@@ -78,6 +80,11 @@ def get_args_parser():
     cli.add_flag(adaptation, "shifted_mix", type=cli.fraction, nargs=2, default=[0.31, 0.65], metavar=("OLD", "MALE"),
                  help=f"the shifted eval set's shares of people 60+ and of men (training: {OLD_SHARE['train']}, "
                       f"{MALE_SHARE['train']})")
+    cli.add_flag(adaptation, "fold_all", action="store_true",
+                 help="train each seed with --fold all: its fold runs predict together, calibrated and decided on "
+                      "all their validation folds")
+    cli.add_flag(adaptation, "methods", nargs="+", default=list(ADAPTATION_METHODS), choices=list(ADAPTATION_METHODS),
+                 metavar="METHOD", help=f"the adjustments measured, of: {', '.join(map(repr, ADAPTATION_METHODS))}")
     runs = parser.add_argument_group("runs")
     cli.add_flag(runs, "variant", action="append", default=None, metavar="NAME=FLAGS",
                  help=f"a recipe: its name and train.py flags (repeatable; default: {DEFAULT_VARIANTS})")
@@ -234,16 +241,18 @@ def benchmark_adaptation(work, args):
     env = {**os.environ, "SM_CHANNEL_TRAIN": str(work / "data/train/images"), "SM_MODEL_DIR": str(work / "model")}
     rows = []
     for seed in args.seeds:
-        run_dir = work / "model" / f"defaults_seed{seed}"
-        if (run_dir / "best.pth").is_file():
+        run_dir = work / "model" / f"defaults{'_fold_all' if args.fold_all else ''}_seed{seed}"
+        if (run_dir / ("oof.csv" if args.fold_all else "best.pth")).is_file():
             print(f"reusing {run_dir}", flush=True)
         else:
-            print(f"training train.py's defaults with seed {seed}", flush=True)
-            run([ROOT / "train.py", "--name", run_dir.name, "--seed", seed, *shared_flags(args)], env,
-                work / f"{run_dir.name}.train.log")
+            print(f"training train.py's defaults with seed {seed}{' on every fold' if args.fold_all else ''}",
+                  flush=True)
+            run([ROOT / "train.py", "--name", run_dir.name, "--seed", seed, *shared_flags(args),
+                 *(["--fold", "all"] if args.fold_all else [])], env, work / f"{run_dir.name}.train.log")
         for eval_set, root in roots.items():
             truth = COMPETITION.decode(pd.read_csv(root / "gt/gt.csv")["ans"].to_numpy())
-            for method, flags in ADAPTATION_METHODS.items():
+            for method in args.methods:
+                flags = ADAPTATION_METHODS[method]
                 output = work / "output" / run_dir.name / eval_set.replace(" ", "_") / method.replace(" ", "")
                 rows.append({"seed": seed, "eval_set": eval_set, "method": method,
                              "true_60+": float((truth[2] == 2).mean()), "true_male": float((truth[1] == 0).mean()),
@@ -257,7 +266,7 @@ def mean_and_spread(values):
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
 
 
-def print_adaptation_table(rows):
+def print_adaptation_table(rows, methods):
     """Macro F1 and ECE of each method on each eval set, then the shares of 60+ and male answers."""
     frame = pd.DataFrame(rows)
     sets = [eval_set for eval_set in EVAL_SETS if eval_set in set(frame["eval_set"])]
@@ -266,14 +275,16 @@ def print_adaptation_table(rows):
         print(f"{eval_set} eval set: {part['true_60+'].iloc[0]:.0%} aged 60+, {part['true_male'].iloc[0]:.0%} men")
     header = "".join(f"{f'{eval_set} {measure}':>24}" for eval_set in sets for measure in ("macro F1", "ECE"))
     print(f"\n{'mean ± spread over seeds':<34}{header}")
-    for method in ADAPTATION_METHODS:
+    for method in methods:
         cells = [mean_and_spread(frame[(frame["method"] == method) & (frame["eval_set"] == eval_set)][measure])
                  for eval_set in sets for measure in ("f1", "ece")]
         print(f"{method:<34}" + "".join(f"{cell:>24}" for cell in cells))
-    floors = [frame[(frame["method"] == "calibrated") & (frame["eval_set"] == eval_set)]["ece_if_calibrated"]
-              for eval_set in sets]
-    print("the calibrated probabilities' ECE if they were perfectly calibrated, on as many photos: "
-          + ", ".join(f"{eval_set} {mean_and_spread(floor)}" for eval_set, floor in zip(sets, floors)))
+    calibrated = [method for method in ("calibrated", "calibrated + F1 decision") if method in methods][:1]
+    floors = [frame[(frame["method"] == method) & (frame["eval_set"] == eval_set)]["ece_if_calibrated"]
+              for method in calibrated for eval_set in sets]  # the decision keeps the calibrated probabilities
+    if floors:
+        print("the calibrated probabilities' ECE if they were perfectly calibrated, on as many photos: "
+              + ", ".join(f"{eval_set} {mean_and_spread(floor)}" for eval_set, floor in zip(sets, floors)))
     print("\nshare of answers 60+ / male (mean over seeds)")
     shares = frame.groupby(["method", "eval_set"], sort=False)[["answered_60+", "answered_male"]].mean()
     print(shares.to_string(float_format="%.3f"))
@@ -309,7 +320,7 @@ def main(argv=None):
     print(f"\n{data}, seeds {' '.join(map(str, args.seeds))}, "
           f"train.py defaults{' + ' + ' '.join(shared_flags(args)) if shared_flags(args) else ''}")
     if args.adaptation:
-        print_adaptation_table(rows)
+        print_adaptation_table(rows, args.methods)
     else:
         print_table(rows, variants, COLUMNS["competition" if args.data_dir is None else "folders"])
 

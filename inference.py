@@ -30,7 +30,8 @@ eval photos' faces are detected on the first inference that needs them and kept 
 inference_tta.py and ensemble.py share these flags and functions.
 
 Each run's probabilities are adjusted (adaptation.py, docs/adaptation.md) by what its best.pth and config.json hold:
-`--calibrate` (the default) fits one temperature per task on its validation fold, so that confidences mean what
+`--calibrate` (the default) fits one temperature per task on its validation fold (the fold runs of a
+`train.py --fold all` parent: on all their folds together, every training photo once), so that confidences mean what
 they say; `--adapt_prior em|bbse` re-weights them to the eval set's class mix, estimated without labels;
 `--decision f1` (the default) answers as if every class were equally likely, by per-class weights fitted on the
 validation folds (or `--oof FILE`), which raised macro F1 on the sample set where argmax under-called the rare
@@ -103,7 +104,8 @@ def add_common_flags(parser, fold_all=False):
     adjust = parser.add_argument_group("adjusting the probabilities (adaptation.py)")
     # the defaults are what measured best: benchmark_recipe.py --adaptation, docs/adaptation.md
     cli.add_flag(adjust, "calibrate", action=argparse.BooleanOptionalAction, default=True,
-                 help="one temperature per task of each run, fitted on its validation fold")
+                 help="one temperature per task of each run, fitted on its validation fold (the fold runs of a "
+                      "--fold all parent: on all their folds together)")
     cli.add_flag(adjust, "adapt_prior", default="none", choices=PRIOR_METHODS,
                  help="re-weight each run's probabilities to the eval set's class mix, estimated without labels by "
                       "EM or BBSE from its bias-corrected calibrated posteriors; none: keep the mix they answer to")
@@ -236,6 +238,22 @@ def run_held_out(run_dir, config, checkpoint="best"):
     return probabilities, labels
 
 
+def held_out_of(run_dir, config, checkpoint="best"):
+    """What a run's adjustments are fitted on: its held-out predictions (run_held_out), or for a fold run of
+    `train.py --fold all` (its parent holds oof.csv) every fold run's together, with their source. The fold runs
+    share a recipe, and one temperature fitted on every training photo, each predicted by the run that did not train
+    on it, follows the eval set where one fitted on a fifth of them followed its few people (docs/adaptation.md)."""
+    own, parent = run_held_out(run_dir, config, checkpoint), Path(run_dir).parent
+    if isinstance(own, str) or not (parent / "oof.csv").is_file():
+        return own
+    folds = [run_held_out(config_file.parent, read_json(config_file), checkpoint)
+             for config_file in sorted(parent.glob("fold*/config.json"))]
+    if len(folds) < 2 or any(isinstance(fold, str) for fold in folds):
+        return own
+    return (torch.cat([torch.as_tensor(probabilities) for probabilities, _ in folds]),
+            np.concatenate([labels for _, labels in folds]), f"the {len(folds)} fold runs of {parent}")
+
+
 def fitted_run(source, config):
     """(run directory, its config) whose validation predictions and training prior adjust the predictions of
     `source`: the run itself, or for an exported model the run directory it was exported into (beside it, of the
@@ -257,7 +275,7 @@ def adjust_run(adjuster, source, config, probabilities, checkpoint="best"):
         return probabilities
     run_dir, config = fitted_run(source, config)
     held_out = ("not needed" if not adjuster.active
-                else run_held_out(run_dir, config, "best" if is_onnx(source) else checkpoint) if run_dir
+                else held_out_of(run_dir, config, "best" if is_onnx(source) else checkpoint) if run_dir
                 else "an exported model carries no validation predictions, and no run directory is beside it")
     return adjuster.adjust(str(source), run_scheme(config), config["head"], probabilities, held_out,
                            config.get("training_prior"))

@@ -14,9 +14,11 @@ from sklearn.metrics import confusion_matrix
 import compare
 import ensemble
 import evaluation
+import inference
 import preprocess
 import reports
 import train
+from adaptation import fit_temperatures
 from cli import UserError
 from conftest import assert_one_line_error, run_script
 from dataset import COMPETITION, NUM_CLASSES, decode_label
@@ -205,6 +207,22 @@ def test_oof_csv_is_an_ensemble_input_scoring_what_train_printed(fold_all_run, t
     assert f"fold all ({len(oof)} images): f1 {f1:.4f}" in printed
     answers = pd.read_csv(tmp_path / "output.csv").set_index("ImageID")["ans"]
     assert (answers.loc[oof["ImageID"]].to_numpy() == oof["predicted"].to_numpy()).all()
+
+
+@pytest.mark.slow
+def test_the_fold_runs_of_a_fold_all_run_are_calibrated_and_decided_on_every_fold_together(sample_data, fold_all_run,
+                                                                                          tmp_path):
+    run = fold_all_run[0]
+    oof = pd.read_csv(run / "oof.csv")
+    printed = run_main(inference, "--model_dir", run, "--data_dir", sample_data / "eval", "--output_dir", tmp_path,
+                       "--workers", 0)
+    temperatures = fit_temperatures(oof.filter(like="prob_").to_numpy(), oof["label"].to_numpy(), COMPETITION)
+    line = (f"temperature mask {temperatures[0]:.2f}, gender {temperatures[1]:.2f}, age {temperatures[2]:.2f} "
+            f"(validation NLL")
+    for fold in (0, 1):
+        assert f"{run / f'fold{fold}'}: {line}" in printed
+        assert f"on {len(oof)} photos of the 2 fold runs of {run})" in printed
+    assert f"fitted on {len(oof)} validation photos" in printed  # every fold's predictions counted once
 
 
 @pytest.mark.slow
