@@ -288,7 +288,7 @@ class Adjuster:
 
     def __init__(self, calibrate=False, adapt_prior="none", decision="argmax", oof=None):
         self.calibrate, self.adapt_prior, self.decision, self.oof = calibrate, adapt_prior, decision, oof
-        self.held_out, self.raw, self.calibrated = {}, [], []
+        self.held_out, self.raw, self.calibrated, self.shared_temperatures = {}, [], [], {}
 
     @property
     def active(self):
@@ -315,16 +315,21 @@ class Adjuster:
             print(f"{name}: " + "; ".join(done + missing))
         return adjusted.to(torch.as_tensor(probabilities).dtype)
 
-    @staticmethod
-    def apply_temperatures(scheme, head, adjusted, valid, done):
-        """The temperatures of the head's tasks, fitted on the held-out predictions and applied to both."""
+    def apply_temperatures(self, scheme, head, adjusted, valid, done):
+        """The temperatures of the head's tasks, fitted on the held-out predictions and applied to both; those of a
+        shared source (the fold runs of one --fold all parent) are fitted and said once."""
         tasks = head_scheme(scheme, head)
-        temperatures = fit_temperatures(valid.probabilities, valid.labels, tasks)
-        before = log_likelihood_loss(valid.probabilities, valid.labels)
+        temperatures = self.shared_temperatures.get(valid.source)
+        if temperatures is None:
+            temperatures = fit_temperatures(valid.probabilities, valid.labels, tasks)
+            before, after = (log_likelihood_loss(probabilities, valid.labels) for probabilities in
+                             (valid.probabilities, apply_temperatures(valid.probabilities, temperatures, tasks)))
+            done.append(f"temperature {', '.join(f'{task} {t:.2f}' for task, t in zip(tasks.tasks, temperatures))} "
+                        f"(validation NLL {before:.3f} -> {after:.3f} on {len(valid.labels)} photos"
+                        f"{f' of {valid.source}' if valid.source else ''})")
+            if valid.source is not None:
+                self.shared_temperatures[valid.source] = temperatures
         valid.probabilities = apply_temperatures(valid.probabilities, temperatures, tasks)
-        done.append(f"temperature {', '.join(f'{task} {t:.2f}' for task, t in zip(tasks.tasks, temperatures))} "
-                    f"(validation NLL {before:.3f} -> {log_likelihood_loss(valid.probabilities, valid.labels):.3f} "
-                    f"on {len(valid.labels)} photos{f' of {valid.source}' if valid.source else ''})")
         return apply_temperatures(adjusted, temperatures, tasks)
 
     def adapt(self, scheme, head, adjusted, valid, training_prior, done, missing):

@@ -19,7 +19,8 @@ size, epochs, data and folds), predicts the eval set with inference.py and score
 and spread (standard deviation over seeds) of the eval set's macro F1 (and mask F1, or accuracy) and of the
 validation fold's, then every run; results.json in --out keeps them all. A variant is `NAME=FLAGS`; flags given to
 train.py win over the shared ones. A run already in --out (its best.pth) is not trained again, only predicted and
-scored: a second call with the same --out scores every run by the same inference.
+scored: a second call with the same --out scores every run by the same inference. A variant with `--fold all` trains
+five fold runs, predicted together (their soft vote), its validation scores being the out-of-fold ones.
 `--adaptation` measures inference's adjustments instead (adaptation.py): train.py's defaults (and the shared flags)
 with every seed, each run predicted by inference.py with every method of ADAPTATION_METHODS (argmax, calibrated,
 + EM, + BBSE, + the F1 decision) on two eval sets of `--eval_people`: one drawn with another mix than training
@@ -145,18 +146,28 @@ def eval_metrics(data, output):
 def train_and_score(work, data, name, flags, seed, env):
     """Eval-set and validation metrics of one variant trained with one seed."""
     run_name = f"{name.replace(' ', '_')}_seed{seed}"
-    if (work / "model" / run_name / "best.pth").is_file():
-        print(f"reusing {work / 'model' / run_name}", flush=True)
+    run_dir = work / "model" / run_name
+    if (run_dir / "best.pth").is_file() or (run_dir / "oof.csv").is_file():
+        print(f"reusing {run_dir}", flush=True)
     else:
         run([ROOT / "train.py", "--name", run_name, "--seed", seed, *flags], env, work / f"{run_name}.train.log")
     output = work / "output" / run_name
-    run([ROOT / "inference.py", "--model_dir", work / "model" / run_name, "--output_dir", output], env,
+    run([ROOT / "inference.py", "--model_dir", run_dir, "--output_dir", output], env,
         work / f"{run_name}.inference.log")
-    summary = pd.read_csv(work / "model" / run_name / "summary.csv")
-    best = summary.loc[summary["val_f1"].idxmax()]
     metrics = eval_metrics(data, output)
     return {"variant": name, "seed": seed, **{f"eval_{key}": value for key, value in metrics.items()},
-            "val_f1": float(best["val_f1"]), "val_accuracy": float(best["val_accuracy"])}
+            **validation_metrics(run_dir)}
+
+
+def validation_metrics(run_dir):
+    """The validation fold's F1 and accuracy at best.pth's epoch, or a --fold all parent's out-of-fold ones (every
+    training photo, each predicted by the fold run that did not train on it)."""
+    if (run_dir / "oof_metrics.json").is_file():
+        metrics = json.loads((run_dir / "oof_metrics.json").read_text())
+        return {"val_f1": float(metrics["f1"]), "val_accuracy": float(metrics["accuracy"])}
+    summary = pd.read_csv(run_dir / "summary.csv")
+    best = summary.loc[summary["val_f1"].idxmax()]
+    return {"val_f1": float(best["val_f1"]), "val_accuracy": float(best["val_accuracy"])}
 
 
 def prepare(work, args):

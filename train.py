@@ -61,6 +61,7 @@ SELECT = {"f1": "val_f1", "accuracy": "val_accuracy"}  # --select: the validatio
 TRAINING_OLD_AGE = 58
 # What a flag left unset means, from scratch and fine-tuning pretrained weights (docs/defaults.md): measured on real
 # faces with rendered masks, held-out people, three seeds (benchmark_recipe.py --data_dir).
+FEW_VALIDATION_PEOPLE = 10  # a validation fold of fewer people decides for them, not for the task (small_fold_warning)
 SCRATCH = {"lr": 3e-3, "backbone_lr": 1.0, "freeze_epochs": 0}
 FINE_TUNING = {"lr": 1e-3, "backbone_lr": 1.0, "freeze_epochs": 0}
 
@@ -373,6 +374,21 @@ def collapse_warning(collapsed, epoch):
             "pretrained weights (--pretrained, --pretrained_path), a lower --lr, more --epochs, or another --model")
 
 
+def small_fold_warning(frame, fold):
+    """The line that says the validation fold holds too few people to choose on, and what to do instead, or None.
+    best.pth's epoch and inference's temperature and macro-F1 decision are fitted on that fold: on the real 3-class
+    set (4 validation people) they followed those people and lost held-out F1 (docs/real_photos.md)."""
+    person = next((column for column in ("id", "group") if column in frame), None)
+    held_out = frame[frame["fold"] == fold]
+    people = held_out[person].nunique() if person else len(held_out)
+    if people >= FEW_VALIDATION_PEOPLE:
+        return None
+    return (f"warning: the validation fold holds {len(held_out)} photos of {people} people, too few to choose on: "
+            "best.pth's epoch, and inference's temperature and macro-F1 decision, are fitted on them alone. Train "
+            "with --fold all (its fold runs are predicted together, calibrated and decided on every training photo), "
+            "or predict with --decision argmax")
+
+
 def draw_epoch(run_dir, writer, history, targets, probabilities, scheme):
     """curves.png redrawn from the whole history, and the epoch's confusion matrix in TensorBoard."""
     reports.save_figure(reports.curves_figure({run_dir.name: pd.DataFrame(history)}), run_dir / "curves.png")
@@ -641,6 +657,8 @@ def main(argv=None):
         if args.fold == "all":
             train_all_folds(args, frame, run_dir, resume)
         else:
+            if distributed.is_main() and (warning := small_fold_warning(frame, args.fold)):
+                print(warning, flush=True)
             train_fold(args, frame, run_dir, args.fold, resume)
     except BaseException:
         if run_dir is not None and not resume and distributed.is_main():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sorting
+import train
 from conftest import assert_one_line_error, run_script
 from dataset import COMPETITION, LabelScheme, folder_scheme, scheme_of
 from generate_sample import KINDS, generate_classes
@@ -56,6 +57,18 @@ def test_every_kind_goes_preprocess_train_inference_evaluation(tmp_path, kind):
     assert predictions["predicted"].isin(classes).all() and len(predictions) == 2 * len(classes)
     assert np.allclose(predictions[[f"prob_{name}" for name in classes]].sum(axis=1), 1, atol=1e-4)
     assert "accuracy" in steps["evaluation"].stdout and all(name in steps["evaluation"].stdout for name in classes)
+    assert "photos of 3 people, too few to choose on" in steps["train"].stdout  # 6 people in 2 folds
+
+
+@pytest.mark.parametrize("person", ["id", "group"])
+def test_a_validation_fold_of_fewer_than_ten_people_is_warned_of(person):
+    def frame(people):
+        return pd.DataFrame({person: [f"{p:03d}" for p in range(people) for _ in range(7)],
+                             "fold": [p % 3 for p in range(people) for _ in range(7)]})
+
+    assert train.small_fold_warning(frame(30), 0) is None  # 10 people in each fold
+    assert "the validation fold holds 63 photos of 9 people" in train.small_fold_warning(frame(27), 0)
+    assert "--fold all" in train.small_fold_warning(frame(27), 2)
 
 
 def test_the_scheme_round_trips_through_config():
