@@ -75,7 +75,8 @@ def get_args_parser():
     cli.add_flag(data, "csv", default=None, help="folds CSV from preprocess.py (default: folds.csv beside data_dir)")
     cli.add_flag(data, "fold", type=fold_number, default=0,
                  help="fold held out for validation; all: one run per fold in run_dir/fold0, fold1, ... "
-                      "and the out-of-fold predictions in run_dir/oof.csv")
+                      "and the out-of-fold predictions in run_dir/oof.csv (inference votes the runs and calibrates "
+                      "and decides on every fold: the recipe for a few dozen people)")
     cli.add_flag(data, "resize", type=cli.positive_int, nargs=2, default=[128, 96], metavar=("H", "W"),
                  help="input height and width, the same at validation and inference")
     cli.add_flag(data, "crop", default="face", choices=CROP_MODES,
