@@ -232,6 +232,11 @@ def frame_scheme(frame, source="the folds CSV"):
     return COMPETITION if "mask_label" in frame.columns else folder_scheme(frame["class"].unique(), source)
 
 
+def person_column(frame):
+    """The folds CSV's column naming the person (or subject) of each photo, whom the folds keep together."""
+    return "id" if "mask_label" in frame.columns else "group"
+
+
 def target_scheme(scheme, task="all"):
     """The classes a run predicts: the whole scheme, or one of its tasks alone (train.py --task)."""
     if task == "all":

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 import cli
 from dataset import (COMPETITION, GENDER_BY_NAME, MASK_BY_STEM, MAX_AGE, MIN_AGE, PERSON_FOLDER, MaskLabel,
-                     age_band, encode_label, parse_person_folder)
+                     age_band, encode_label, parse_person_folder, person_column)
 from faces import FACE_DETECTOR_COLUMN, add_detection_flags, detection_of, find_boxes, report_detection, \
     report_found_rates
 from fileio import is_utf8, read_csv, shown, write_csv
@@ -379,7 +379,7 @@ def main(argv=None):
         report_found_rates(boxes.notna().all(axis=1).to_numpy(), task_values(frame, layout),
                            output.parent / "faces_found.csv")
     write_csv(frame, output)
-    group = "id" if layout == "competition" else "group"
+    group = person_column(frame)
     sizes = frame.groupby("fold")[group].nunique().tolist()
     classes = "" if layout == "competition" else f" in {frame['class'].nunique()} classes"
     print(f"wrote {output}: {len(frame)} images of {frame[group].nunique()} "

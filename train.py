@@ -42,8 +42,8 @@ from adaptation import training_mix
 from augmentation import (AUGMENTATIONS, CUTMIX_MODES, BatchMixer, create_batch_jitter, create_transform,
                           decode_size)
 from dataset import (CACHE_MODES, SAMPLERS, ImageDataset, LabelScheme, SeededSampler, create_sampler,
-                     frame_scheme, load_folds, loader_options, open_cache, parse_age_range, run_scheme, target_scheme,
-                     training_targets)
+                     frame_scheme, load_folds, loader_options, open_cache, parse_age_range, person_column, run_scheme,
+                     target_scheme, training_targets)
 from evaluation import class_f1, collapsed_tasks, score
 from faces import CROP_MODES, boxes_detection, check_crop_box, crop_regions
 from fileio import (load_checkpoint, make_dir, read_json, remove_unfinished_runs, save_checkpoint, write_csv,
@@ -55,13 +55,13 @@ from optim import (OPTIMIZERS, SCHEDULERS, create_ema, create_grad_scaler, creat
                    parameter_groups)
 
 SELECT = {"f1": "val_f1", "accuracy": "val_accuracy"}  # --select: the validation metric that picks best.pth
+FEW_VALIDATION_PEOPLE = 10  # a validation fold of fewer people decides for them, not for the task (small_fold_warning)
 # The defaults are the recipe that scored best on the sample set's held-out eval people (benchmark_recipe.py,
 # docs/defaults.md): face crop, multi head, weighted sampler, ages 58+ trained as 60+, focal loss, vertical cutmix,
 # onecycle at 3e-3, batch 32, 8 epochs.
 TRAINING_OLD_AGE = 58
 # What a flag left unset means, from scratch and fine-tuning pretrained weights (docs/defaults.md): measured on real
 # faces with rendered masks, held-out people, three seeds (benchmark_recipe.py --data_dir).
-FEW_VALIDATION_PEOPLE = 10  # a validation fold of fewer people decides for them, not for the task (small_fold_warning)
 SCRATCH = {"lr": 3e-3, "backbone_lr": 1.0, "freeze_epochs": 0}
 FINE_TUNING = {"lr": 1e-3, "backbone_lr": 1.0, "freeze_epochs": 0}
 
@@ -379,9 +379,8 @@ def small_fold_warning(frame, fold):
     """The line that says the validation fold holds too few people to choose on, and what to do instead, or None.
     best.pth's epoch and inference's temperature and macro-F1 decision are fitted on that fold: on the real 3-class
     set (4 validation people) they followed those people and lost held-out F1 (docs/real_photos.md)."""
-    person = next((column for column in ("id", "group") if column in frame), None)
     held_out = frame[frame["fold"] == fold]
-    people = held_out[person].nunique() if person else len(held_out)
+    people = held_out[person_column(frame)].nunique()
     if people >= FEW_VALIDATION_PEOPLE:
         return None
     return (f"warning: the validation fold holds {len(held_out)} photos of {people} people, too few to choose on: "

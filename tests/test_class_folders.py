@@ -60,11 +60,12 @@ def test_every_kind_goes_preprocess_train_inference_evaluation(tmp_path, kind):
     assert "photos of 3 people, too few to choose on" in steps["train"].stdout  # 6 people in 2 folds
 
 
-@pytest.mark.parametrize("person", ["id", "group"])
-def test_a_validation_fold_of_fewer_than_ten_people_is_warned_of(person):
-    def frame(people):
-        return pd.DataFrame({person: [f"{p:03d}" for p in range(people) for _ in range(7)],
-                             "fold": [p % 3 for p in range(people) for _ in range(7)]})
+@pytest.mark.parametrize("labels", [{"mask_label": "0"}, {"class": "mask"}], ids=["competition", "folders"])
+def test_a_validation_fold_of_fewer_than_ten_people_is_warned_of(labels):
+    def frame(people):  # a person's 7 photos: the competition's id, or a class folder's group
+        return pd.DataFrame({"id" if "mask_label" in labels else "group": [f"{p:03d}" for p in range(people)
+                                                                           for _ in range(7)],
+                             "fold": [p % 3 for p in range(people) for _ in range(7)], **labels})
 
     assert train.small_fold_warning(frame(30), 0) is None  # 10 people in each fold
     assert "the validation fold holds 63 photos of 9 people" in train.small_fold_warning(frame(27), 0)
